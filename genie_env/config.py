@@ -1,0 +1,252 @@
+"""Typed configs for the three Genie models and their training, mapped to and from YAML.
+
+A stage's YAML file has up to four top-level keys::
+
+    kind: tokenizer          # tokenizer | lam | dynamics
+    model: {...}             # overrides of TokenizerConfig / LAMConfig / DynamicsConfig
+    data:  {...}             # overrides of DataConfig
+    train: {...}             # overrides of TrainConfig
+
+Every dataclass default is the seed's size; YAML only overrides. An unknown key or a value of
+the wrong type raises :class:`ConfigError` naming the file and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or dict that does not match the typed configs."""
+
+
+@dataclass
+class TokenizerConfig:
+    """ST-ViViT VQ-VAE: causal ST encoder -> VQ -> causal ST decoder (Genie §2.1)."""
+
+    image_size: tuple[int, int] = (64, 64)
+    in_channels: int = 3
+    patch_size: int = 4
+    max_frames: int = 16
+    num_codes: int = 1024
+    code_dim: int = 32
+    enc_layers: int = 6
+    enc_dim: int = 384
+    enc_heads: int = 6
+    dec_layers: int = 10
+    dec_dim: int = 512
+    dec_heads: int = 8
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    commitment: float = 0.25
+    dead_code_steps: int = 100
+    grad_checkpointing: bool = False
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
+
+@dataclass
+class LAMConfig:
+    """Latent action model on raw pixels with an 8-code action codebook (Genie §2.1)."""
+
+    image_size: tuple[int, int] = (64, 64)
+    in_channels: int = 3
+    patch_size: int = 16
+    max_frames: int = 16
+    num_actions: int = 8
+    action_dim: int = 32
+    enc_layers: int = 8
+    enc_dim: int = 512
+    enc_heads: int = 8
+    dec_layers: int = 8
+    dec_dim: int = 512
+    dec_heads: int = 8
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    commitment: float = 0.25
+    dead_code_steps: int = 100
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DynamicsConfig:
+    """MaskGIT dynamics over tokenizer tokens, conditioned on latent actions (Genie §2.1)."""
+
+    token_grid: tuple[int, int] = (16, 16)
+    vocab_size: int = 1024
+    num_actions: int = 8
+    max_frames: int = 16
+    num_layers: int = 12
+    d_model: int = 768
+    num_heads: int = 12
+    qk_dim: int = 128
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    mask_rate_min: float = 0.5
+    mask_rate_max: float = 1.0
+    maskgit_steps: int = 25
+    temperature: float = 2.0
+    reward_head: bool = False
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """How clips are cut from the H5 episodes."""
+
+    clip_len: int = 16
+    val_fraction: float = 0.1
+    num_workers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and loop settings shared by the three trainers."""
+
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 1000
+    max_steps: int = 30000
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    bf16: bool = True
+    compile: bool = False
+    log_every: int = 50
+    eval_every: int = 1000
+    save_every: int = 1000
+    image_every: int = 1000
+    val_batches: int = 8
+    seed: int = 0
+    out_dir: str = "checkpoints"
+
+
+MODEL_CONFIGS: dict[str, type] = {
+    "tokenizer": TokenizerConfig,
+    "lam": LAMConfig,
+    "dynamics": DynamicsConfig,
+}
+
+
+@dataclass
+class StageConfig:
+    """One training stage: which model, its sizes, the data and the loop."""
+
+    kind: str
+    model: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "model": config_to_dict(self.model),
+                "data": config_to_dict(self.data), "train": config_to_dict(self.train)}
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A plain dict of a config dataclass (tuples become lists, as in YAML)."""
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+    return {k: plain(v) for k, v in asdict(cfg).items()}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            if isinstance(value, int) and not isinstance(value, bool) and len(args) == 2 and args[0] is int:
+                return (value, value)  # a square image size given as one number
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(cls: type, values: dict | None, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types."""
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def stage_from_dict(d: dict, where: str = "config") -> StageConfig:
+    """Build a :class:`StageConfig` from a dict shaped like the YAML files."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys kind/model/data/train")
+    unknown = sorted(set(d) - {"kind", "model", "data", "train"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {unknown}; valid: kind, model, data, train")
+    kind = d.get("kind")
+    if kind not in MODEL_CONFIGS:
+        raise ConfigError(f"{where}: 'kind' must be one of {sorted(MODEL_CONFIGS)}, got {kind!r}")
+    return StageConfig(
+        kind=kind,
+        model=config_from_dict(MODEL_CONFIGS[kind], d.get("model"), f"{where}: model"),
+        data=config_from_dict(DataConfig, d.get("data"), f"{where}: data"),
+        train=config_from_dict(TrainConfig, d.get("train"), f"{where}: train"),
+    )
+
+
+def load_config(path: str | Path) -> StageConfig:
+    """Read a stage's YAML file into typed configs; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    return stage_from_dict(d, where=str(path))
+
+
+def save_config(cfg: StageConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
