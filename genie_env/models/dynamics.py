@@ -1,0 +1,233 @@
+"""Dynamics model: MaskGIT over tokenizer tokens on the ST-transformer (Genie §2.1).
+
+Reading chosen (see docs/design.md): **in-place** prediction, as every public re-implementation
+does. Frame 1 is never masked; the latent action of transition t -> t+1 is added to frame t+1's
+token embeddings, and the model fills frame t+1's masked tokens in place. Frame 1 carries a
+learned "no action" embedding (index ``num_actions``). Actions are indices, so nothing flows
+back into the LAM (the paper's stop-gradient).
+
+Training masks the tokens of frames 2..T with a Bernoulli rate drawn uniformly in
+[mask_rate_min, mask_rate_max] **per sample**, with cross-entropy on the masked positions.
+
+Generation (``sample_next``) runs ``maskgit_steps`` passes over the new frame only, against the
+temporal KV cache of the past, with random sampling at ``temperature`` and a cosine schedule
+that commits the most confident samples first; ``observe`` then adds the finished frame to the
+cache. Every random number is drawn per batch row (one ``torch.Generator`` per row may be
+given), so a row's result does not depend on what else is in the batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genie_env.config import DynamicsConfig
+from genie_env.nn.st_transformer import STTransformer, TemporalKVCache, init_weights
+
+
+def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int, num_tokens: int,
+                   mask_id: int, steps: int, temperature: float, device,
+                   generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """Decode one frame's tokens (B, N) from all-masked input in ``steps`` MaskGIT passes.
+
+    ``logits_fn(tokens (B, N)) -> logits (B, N, V)``. At each pass every still-masked position
+    draws a token from softmax(logits / temperature) (argmax when temperature is 0); the draws
+    with the highest probability are committed and the rest stay masked, following
+    n_masked = floor(N cos(pi/2 * k/steps)), so the last pass commits everything.
+    """
+    if steps < 1:
+        raise ValueError(f"maskgit steps must be >= 1, got {steps}")
+    if generators is not None and len(generators) != batch:
+        raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
+    tokens = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
+    masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    for k in range(steps):
+        logits = logits_fn(tokens).float()
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            if generators is None:
+                u = torch.rand(batch, num_tokens, device=device)
+            else:
+                u = torch.stack([torch.rand(num_tokens, generator=g, device=device) for g in generators])
+            # Inverse-CDF sampling: one uniform per token, drawn from the row's own generator.
+            cdf = probs.cumsum(dim=-1)
+            sampled = torch.searchsorted(cdf, u.unsqueeze(-1)).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+            sampled = logits.argmax(dim=-1)
+        confidence = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        confidence = confidence.masked_fill(~masked, float("inf"))
+        n_masked_now = int(masked[0].sum())  # the schedule is the same for every row
+        n_keep_masked = math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps))
+        n_keep_masked = max(0, min(n_keep_masked, n_masked_now - 1))
+        order = confidence.argsort(dim=-1)  # least confident first
+        still_masked = torch.zeros_like(masked)
+        still_masked.scatter_(1, order[:, :n_keep_masked], True)
+        commit = masked & ~still_masked
+        tokens = torch.where(commit, sampled, tokens)
+        masked = still_masked
+    return tokens
+
+
+class DynamicsModel(nn.Module):
+    """Tokens (B, T, N) + latent actions (B, T-1) -> next-frame token logits."""
+
+    def __init__(self, cfg: DynamicsConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_tokens = cfg.token_grid[0] * cfg.token_grid[1]
+        self.mask_id = cfg.vocab_size
+        self.no_action = cfg.num_actions
+        self.token_emb = nn.Embedding(cfg.vocab_size + 1, cfg.d_model)
+        self.action_emb = nn.Embedding(cfg.num_actions + 1, cfg.d_model)
+        self.transformer = STTransformer(cfg.d_model, cfg.num_layers, cfg.num_heads, self.num_tokens,
+                                         cfg.max_frames, qk_dim=cfg.qk_dim, mlp_ratio=cfg.mlp_ratio,
+                                         qk_norm=cfg.qk_norm, grad_checkpointing=cfg.grad_checkpointing)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        if cfg.reward_head:
+            # r_t, done_t of the transition out of frame t, from frame t's state and the action.
+            self.head_action_emb = nn.Embedding(cfg.num_actions + 1, cfg.d_model)
+            self.reward_done = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(),
+                                             nn.Linear(cfg.d_model, 2))
+        init_weights(self)
+
+    def _check(self, tokens: torch.Tensor, actions: torch.Tensor) -> None:
+        b, t = tokens.shape[:2]
+        if tokens.ndim != 3 or tokens.shape[2] != self.num_tokens:
+            raise ValueError(f"DynamicsModel expects tokens (B, T, {self.num_tokens}), got {tuple(tokens.shape)}")
+        if tuple(actions.shape) != (b, t - 1):
+            raise ValueError(f"expected actions of shape ({b}, {t - 1}) for {t} frames, got {tuple(actions.shape)}")
+        if actions.numel() and (actions.min() < 0 or actions.max() >= self.cfg.num_actions):
+            raise ValueError(f"actions must lie in [0, {self.cfg.num_actions}), got "
+                             f"[{int(actions.min())}, {int(actions.max())}]")
+
+    def _frame_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Per-frame action input (B, T): 'no action' for frame 1, a_{t-1} for frame t."""
+        first = torch.full_like(actions[:, :1], self.no_action)
+        return torch.cat([first, actions], dim=1)
+
+    def embed(self, tokens: torch.Tensor, frame_actions: torch.Tensor) -> torch.Tensor:
+        return self.token_emb(tokens) + self.action_emb(frame_actions).unsqueeze(-2)
+
+    def forward(self, tokens: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor | None = None,
+                dones: torch.Tensor | None = None, mask_rate: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training pass. tokens (B, T, N) int64, actions (B, T-1) int64.
+
+        ``rewards``/``dones`` (B, T) (transition out of each frame) train the optional heads.
+        ``mask_rate`` (B,) overrides the per-sample rate drawn from [mask_rate_min, mask_rate_max].
+        """
+        self._check(tokens, actions)
+        actions = actions.detach()
+        b, t, n = tokens.shape
+        if mask_rate is None:
+            lo, hi = self.cfg.mask_rate_min, self.cfg.mask_rate_max
+            mask_rate = lo + (hi - lo) * torch.rand(b, device=tokens.device)
+        mask = torch.rand(b, t, n, device=tokens.device) < mask_rate[:, None, None]
+        mask[:, 0] = False
+        frame_actions = self._frame_actions(actions)
+        h = self.transformer(self.embed(tokens.masked_fill(mask, self.mask_id), frame_actions))
+        logits = self.head(h)
+        ce = F.cross_entropy(logits[mask].float(), tokens[mask]) if mask.any() else logits.sum() * 0
+        with torch.no_grad():
+            acc = (logits[mask].argmax(-1) == tokens[mask]).float().mean() if mask.any() else ce.detach()
+        out = {"loss": ce, "ce": ce, "masked_acc": acc, "mask_rate": mask_rate, "mask": mask,
+               "logits": logits.detach()}
+        if self.cfg.reward_head and rewards is not None and dones is not None:
+            # The heads read the clean (unmasked) clip, as at inference, hence a second pass.
+            h_clean = self.transformer(self.embed(tokens, frame_actions))
+            head_actions = torch.cat([actions, torch.full_like(actions[:, :1], self.no_action)], dim=1)
+            reward, done_logit = self._reward_done(h_clean, head_actions)
+            out["reward_loss"] = F.mse_loss(reward, rewards.float())
+            out["done_loss"] = F.binary_cross_entropy_with_logits(done_logit, dones.float())
+            out["loss"] = ce + out["reward_loss"] + out["done_loss"]
+        return out
+
+    def _reward_done(self, h: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = h.mean(dim=-2) + self.head_action_emb(actions)
+        r, d = self.reward_done(x).float().unbind(-1)
+        return r, d
+
+    # ---- generation -------------------------------------------------------------------------
+
+    def new_cache(self, batch: int, device=None, dtype=None) -> TemporalKVCache:
+        return self.transformer.new_cache(batch, device, dtype)
+
+    @torch.no_grad()
+    def observe(self, cache: TemporalKVCache, tokens: torch.Tensor, prev_action: torch.Tensor | None) -> torch.Tensor:
+        """Add a known frame's tokens (B, N) to the cache; ``prev_action`` (B,) led to it
+        (None for an episode's first frame). Returns the frame's hidden state (B, N, D)."""
+        if prev_action is None:
+            prev_action = torch.full((tokens.shape[0],), self.no_action, dtype=torch.long, device=tokens.device)
+        x = self.token_emb(tokens) + self.action_emb(prev_action).unsqueeze(-2)
+        return self.transformer.step(x, cache, commit=True)
+
+    @torch.no_grad()
+    def sample_next(self, cache: TemporalKVCache, action: torch.Tensor, steps: int | None = None,
+                    temperature: float | None = None,
+                    generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Tokens (B, N) of the frame that ``action`` (B,) leads to from the cached past.
+
+        The cache is not changed: call :meth:`observe` with the result to commit it.
+        """
+        act = self.action_emb(action).unsqueeze(-2)
+        return maskgit_sample(
+            lambda tok: self.head(self.transformer.step(self.token_emb(tok) + act, cache, commit=False)),
+            action.shape[0], self.num_tokens, self.mask_id, steps or self.cfg.maskgit_steps,
+            self.cfg.temperature if temperature is None else temperature, action.device, generators)
+
+    @torch.no_grad()
+    def sample_next_uncached(self, tokens: torch.Tensor, actions: torch.Tensor, action: torch.Tensor,
+                             steps: int | None = None, temperature: float | None = None,
+                             generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """As :meth:`sample_next`, but recomputing the whole context (B, t, N) at every pass.
+
+        The reference that the cache must match, and the baseline the benchmarks compare with.
+        """
+        frame_actions = self._frame_actions(torch.cat([actions, action[:, None]], dim=1))
+
+        def logits_fn(tok: torch.Tensor) -> torch.Tensor:
+            x = torch.cat([tokens, tok[:, None]], dim=1)[:, -self.cfg.max_frames:]
+            return self.head(self.transformer(self.embed(x, frame_actions[:, -x.shape[1]:]))[:, -1])
+
+        return maskgit_sample(logits_fn, action.shape[0], self.num_tokens, self.mask_id,
+                              steps or self.cfg.maskgit_steps,
+                              self.cfg.temperature if temperature is None else temperature,
+                              action.device, generators)
+
+    @torch.no_grad()
+    def predict_reward_done(self, hidden: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Learned reward (B,) and termination probability (B,) of taking ``action`` in the frame
+        whose hidden state :meth:`observe` returned. Needs ``reward_head: true``."""
+        if not self.cfg.reward_head:
+            raise RuntimeError("this dynamics model was trained without reward/termination heads")
+        r, d = self._reward_done(hidden, action)
+        return r, torch.sigmoid(d)
+
+    @torch.no_grad()
+    def generate(self, prompt_tokens: torch.Tensor, actions: torch.Tensor,
+                 prompt_actions: torch.Tensor | None = None, steps: int | None = None,
+                 temperature: float | None = None,
+                 generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Roll out: prompt tokens (B, T0, N) then one frame per action in ``actions`` (B, K).
+
+        ``prompt_actions`` (B, T0-1) are the latent actions between prompt frames (needed when
+        T0 > 1). Returns tokens (B, T0 + K, N). Uses the KV cache; the window slides past
+        ``max_frames``.
+        """
+        b, t0, _ = prompt_tokens.shape
+        if t0 > 1 and (prompt_actions is None or tuple(prompt_actions.shape) != (b, t0 - 1)):
+            raise ValueError(f"a prompt of {t0} frames needs prompt_actions of shape ({b}, {t0 - 1})")
+        if actions.numel() and (actions.min() < 0 or actions.max() >= self.cfg.num_actions):
+            raise ValueError(f"actions must lie in [0, {self.cfg.num_actions})")
+        cache = self.new_cache(b, prompt_tokens.device)
+        frames = [prompt_tokens[:, i] for i in range(t0)]
+        for i in range(t0):
+            self.observe(cache, frames[i], None if i == 0 else prompt_actions[:, i - 1])
+        for k in range(actions.shape[1]):
+            nxt = self.sample_next(cache, actions[:, k], steps, temperature, generators)
+            self.observe(cache, nxt, actions[:, k])
+            frames.append(nxt)
+        return torch.stack(frames, dim=1)

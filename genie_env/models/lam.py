@@ -1,0 +1,74 @@
+"""Latent action model (LAM), Genie §2.1: discrete actions learned from unlabeled video.
+
+The encoder sees raw frames x_1..x_{t+1} (causally, so one pass yields every transition) and
+emits one continuous vector per transition, quantised to ``num_actions`` codes. The decoder sees
+x_1..x_t plus the action of t -> t+1 as an additive embedding on frame t's patches and predicts
+x_{t+1}; the tiny codebook is the bottleneck that forces the action to carry only what changes.
+At inference only the codebook matters: the dynamics model is conditioned on its indices.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genie_env.config import LAMConfig
+from genie_env.models.tokenizer import check_video, patchify, unpatchify
+from genie_env.nn.st_transformer import STTransformer, init_weights
+from genie_env.nn.vq import VectorQuantizer
+
+
+class LatentActionModel(nn.Module):
+    """Video (B, T, C, H, W) in [0, 1] -> latent actions (B, T-1) in [0, num_actions)."""
+
+    def __init__(self, cfg: LAMConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, w = cfg.image_size
+        if h % cfg.patch_size or w % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {cfg.patch_size}")
+        self.grid = (h // cfg.patch_size, w // cfg.patch_size)
+        n = self.grid[0] * self.grid[1]
+        patch_dim = cfg.patch_size ** 2 * cfg.in_channels
+        self.enc_in = nn.Linear(patch_dim, cfg.enc_dim)
+        self.encoder = STTransformer(cfg.enc_dim, cfg.enc_layers, cfg.enc_heads, n, cfg.max_frames,
+                                     mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
+                                     grad_checkpointing=cfg.grad_checkpointing)
+        self.to_action = nn.Linear(cfg.enc_dim, cfg.action_dim)
+        self.vq = VectorQuantizer(cfg.num_actions, cfg.action_dim, cfg.commitment, cfg.dead_code_steps)
+        self.dec_in = nn.Linear(patch_dim, cfg.dec_dim)
+        self.action_in = nn.Linear(cfg.action_dim, cfg.dec_dim)
+        self.decoder = STTransformer(cfg.dec_dim, cfg.dec_layers, cfg.dec_heads, n, cfg.max_frames,
+                                     mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
+                                     grad_checkpointing=cfg.grad_checkpointing)
+        self.dec_out = nn.Linear(cfg.dec_dim, patch_dim)
+        init_weights(self)
+
+    def _encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Continuous actions (B, T-1, action_dim): the encoder output at frame t+1, pooled."""
+        check_video(video, self.cfg.image_size, self.cfg.in_channels, "LatentActionModel")
+        if video.shape[1] < 2:
+            raise ValueError(f"the LAM needs at least 2 frames to infer an action, got {video.shape[1]}")
+        h = self.encoder(self.enc_in(patchify(video, self.cfg.patch_size)))
+        return self.to_action(h[:, 1:].mean(dim=2))
+
+    def decode(self, video: torch.Tensor, action_vectors: torch.Tensor) -> torch.Tensor:
+        """Predict frames 2..T from frames 1..T-1 and action vectors (B, T-1, action_dim)."""
+        x = self.dec_in(patchify(video[:, :-1], self.cfg.patch_size))
+        x = x + self.action_in(action_vectors)[:, :, None, :]
+        out = torch.sigmoid(self.dec_out(self.decoder(x)))
+        return unpatchify(out, self.cfg.patch_size, self.grid, self.cfg.in_channels)
+
+    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass: next-frame reconstruction + VQ loss over all T-1 transitions."""
+        z_q, actions, vq = self.vq(self._encode(video))
+        recon = self.decode(video, z_q.to(video.dtype))
+        recon_loss = F.mse_loss(recon.float(), video[:, 1:].float())
+        return {"loss": recon_loss + vq["loss"], "recon_loss": recon_loss, "vq_loss": vq["loss"],
+                "perplexity": vq["perplexity"], "usage": vq["usage"], "actions": actions,
+                "recon": recon.detach()}
+
+    @torch.no_grad()
+    def infer_actions(self, video: torch.Tensor) -> torch.Tensor:
+        """Latent action indices (B, T-1) int64 for each transition of ``video``."""
+        return self.vq.nearest(self._encode(video))

@@ -1,0 +1,101 @@
+"""Video tokenizer: the ST-ViViT VQ-VAE of Genie §2.1.
+
+Frames are cut into patches, a causal ST encoder maps them to one vector per patch, the vectors
+are quantised to ``num_codes`` discrete tokens, and a causal ST decoder maps tokens back to
+pixels. Causality in time means token z_t depends only on frames x_1..x_t, so frames can be
+encoded and decoded one at a time with a temporal KV cache (what the env does).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from genie_env.config import TokenizerConfig
+from genie_env.nn.st_transformer import STTransformer, TemporalKVCache, init_weights
+from genie_env.nn.vq import VectorQuantizer
+
+
+def patchify(video: torch.Tensor, patch: int) -> torch.Tensor:
+    """(..., C, H, W) -> (..., H/p * W/p, p*p*C)."""
+    return rearrange(video, "... c (h p1) (w p2) -> ... (h w) (p1 p2 c)", p1=patch, p2=patch)
+
+
+def unpatchify(x: torch.Tensor, patch: int, grid: tuple[int, int], channels: int) -> torch.Tensor:
+    """(..., h*w, p*p*C) -> (..., C, H, W)."""
+    return rearrange(x, "... (h w) (p1 p2 c) -> ... c (h p1) (w p2)",
+                     h=grid[0], w=grid[1], p1=patch, p2=patch, c=channels)
+
+
+def check_video(video: torch.Tensor, image_size: tuple[int, int], channels: int, who: str) -> None:
+    if video.ndim != 5 or video.shape[2] != channels or tuple(video.shape[-2:]) != tuple(image_size):
+        raise ValueError(f"{who} expects video of shape (B, T, {channels}, {image_size[0]}, "
+                         f"{image_size[1]}) in [0, 1], got {tuple(video.shape)}")
+
+
+class VideoTokenizer(nn.Module):
+    """Video (B, T, C, H, W) in [0, 1] <-> tokens (B, T, h*w) int64."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, w = cfg.image_size
+        if h % cfg.patch_size or w % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {cfg.patch_size}")
+        self.grid = cfg.token_grid
+        n = self.grid[0] * self.grid[1]
+        patch_dim = cfg.patch_size ** 2 * cfg.in_channels
+        self.enc_in = nn.Linear(patch_dim, cfg.enc_dim)
+        self.encoder = STTransformer(cfg.enc_dim, cfg.enc_layers, cfg.enc_heads, n, cfg.max_frames,
+                                     mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
+                                     grad_checkpointing=cfg.grad_checkpointing)
+        self.to_code = nn.Linear(cfg.enc_dim, cfg.code_dim)
+        self.vq = VectorQuantizer(cfg.num_codes, cfg.code_dim, cfg.commitment, cfg.dead_code_steps)
+        self.dec_in = nn.Linear(cfg.code_dim, cfg.dec_dim)
+        self.decoder = STTransformer(cfg.dec_dim, cfg.dec_layers, cfg.dec_heads, n, cfg.max_frames,
+                                     mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
+                                     grad_checkpointing=cfg.grad_checkpointing)
+        self.dec_out = nn.Linear(cfg.dec_dim, patch_dim)
+        init_weights(self)
+
+    def _to_pixels(self, h: torch.Tensor) -> torch.Tensor:
+        return unpatchify(torch.sigmoid(self.dec_out(h)), self.cfg.patch_size, self.grid, self.cfg.in_channels)
+
+    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass: reconstruction + VQ loss. Returns ``loss`` and the terms behind it."""
+        check_video(video, self.cfg.image_size, self.cfg.in_channels, "VideoTokenizer")
+        z = self.to_code(self.encoder(self.enc_in(patchify(video, self.cfg.patch_size))))
+        z_q, tokens, vq = self.vq(z)
+        recon = self._to_pixels(self.decoder(self.dec_in(z_q)))
+        recon_loss = F.mse_loss(recon.float(), video.float())
+        return {"loss": recon_loss + vq["loss"], "recon_loss": recon_loss, "vq_loss": vq["loss"],
+                "perplexity": vq["perplexity"], "usage": vq["usage"], "recon": recon.detach(),
+                "tokens": tokens}
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) in [0, 1] -> tokens (B, T, h*w) int64."""
+        check_video(video, self.cfg.image_size, self.cfg.in_channels, "VideoTokenizer.encode")
+        z = self.to_code(self.encoder(self.enc_in(patchify(video, self.cfg.patch_size))))
+        return self.vq.nearest(z)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, h*w) -> video (B, T, C, H, W) in [0, 1]."""
+        return self._to_pixels(self.decoder(self.dec_in(self.vq.lookup(tokens))))
+
+    def new_caches(self, batch: int, device=None, dtype=None) -> tuple[TemporalKVCache, TemporalKVCache]:
+        """Empty (encoder, decoder) caches for frame-by-frame encoding and decoding."""
+        return self.encoder.new_cache(batch, device, dtype), self.decoder.new_cache(batch, device, dtype)
+
+    @torch.no_grad()
+    def encode_step(self, frame: torch.Tensor, cache: TemporalKVCache) -> torch.Tensor:
+        """One frame (B, C, H, W) after those in the encoder cache -> tokens (B, h*w)."""
+        h = self.encoder.step(self.enc_in(patchify(frame, self.cfg.patch_size)), cache, commit=True)
+        return self.vq.nearest(self.to_code(h))
+
+    @torch.no_grad()
+    def decode_step(self, tokens: torch.Tensor, cache: TemporalKVCache) -> torch.Tensor:
+        """One frame's tokens (B, h*w) after those in the decoder cache -> frame (B, C, H, W)."""
+        return self._to_pixels(self.decoder.step(self.dec_in(self.vq.lookup(tokens)), cache, commit=True))

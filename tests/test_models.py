@@ -1,0 +1,232 @@
+import math
+
+import pytest
+import torch
+
+from genie_env.models import DynamicsModel, LatentActionModel, VideoTokenizer
+from tests.tiny import dynamics_cfg, lam_cfg, moving_square, tokenizer_cfg
+
+
+def _train(model, batch_fn, steps, lr=3e-3):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for i in range(steps):
+        out = model(*batch_fn(i))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    return losses
+
+
+# ---- tokenizer ------------------------------------------------------------------------------
+
+def test_tokenizer_shapes_and_range():
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg()).eval()
+    video, _ = moving_square(2, 4)
+    out = tok(video)
+    assert out["recon"].shape == video.shape and math.isfinite(out["loss"].item())
+    tokens = tok.encode(video)
+    assert tokens.shape == (2, 4, 16) and tokens.dtype == torch.int64
+    assert 0 <= tokens.min() and tokens.max() < 32
+    frames = tok.decode(tokens)
+    assert frames.shape == video.shape and 0 <= frames.min() and frames.max() <= 1
+
+
+def test_tokenizer_rejects_wrong_shape():
+    tok = VideoTokenizer(tokenizer_cfg())
+    with pytest.raises(ValueError, match=r"\(B, T, 3, 16, 16\)"):
+        tok.encode(torch.rand(1, 2, 3, 32, 32))
+
+
+def test_tokenizer_is_causal_in_time():
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg()).eval()
+    video, _ = moving_square(1, 5)
+    tokens = tok.encode(video)
+    pixels = tok.decode(tokens)
+    video2 = video.clone()
+    video2[:, 3:] = torch.rand_like(video2[:, 3:])
+    assert torch.equal(tok.encode(video2)[:, :3], tokens[:, :3])
+    tokens2 = tokens.clone()
+    tokens2[:, 3:] = torch.randint(0, 32, tokens2[:, 3:].shape)
+    assert torch.equal(tok.decode(tokens2)[:, :3], pixels[:, :3])
+
+
+def test_tokenizer_frame_by_frame_equals_whole_clip():
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg()).eval()
+    video, _ = moving_square(2, 5)
+    enc_cache, dec_cache = tok.new_caches(2)
+    tokens = torch.stack([tok.encode_step(video[:, t], enc_cache) for t in range(5)], dim=1)
+    assert torch.equal(tokens, tok.encode(video))
+    frames = torch.stack([tok.decode_step(tokens[:, t], dec_cache) for t in range(5)], dim=1)
+    torch.testing.assert_close(frames, tok.decode(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_tokenizer_overfits_a_few_clips(coinrun_clips):
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg(image_size=(64, 64), patch_size=8, max_frames=8))
+    losses = _train(tok, lambda i: (coinrun_clips,), 60)
+    assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+# ---- latent action model --------------------------------------------------------------------
+
+def test_lam_shapes():
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg()).eval()
+    video, _ = moving_square(2, 5)
+    out = lam(video)
+    assert out["actions"].shape == (2, 4) and out["recon"].shape == (2, 4, 3, 16, 16)
+    acts = lam.infer_actions(video)
+    assert acts.dtype == torch.int64 and acts.shape == (2, 4) and acts.max() < 4
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        lam.infer_actions(video[:, :1])
+
+
+def test_lam_is_causal():
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg()).eval()
+    video, _ = moving_square(1, 5)
+    out = lam(video)
+    video2 = video.clone()
+    video2[:, 3] = torch.rand_like(video2[:, 3])
+    out2 = lam(video2)
+    # Action t (frames t -> t+1) sees frames <= t+1: actions of transitions ending before 3 stay.
+    assert torch.equal(out2["actions"][:, :2], out["actions"][:, :2])
+    # The decoder's prediction of frame t+1 sees frames <= t: predictions of frames 1..3 stay.
+    torch.testing.assert_close(out2["recon"][:, :2], out["recon"][:, :2])
+
+
+def test_tiny_lam_overfits_and_uses_several_actions():
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg(patch_size=4, dead_code_steps=20))
+    video, _ = moving_square(8, 5, seed=1)
+    losses = _train(lam, lambda i: (video,), 150)
+    assert losses[-1] < 0.5 * losses[0], losses[::25]
+    assert lam.infer_actions(video).unique().numel() >= 2
+
+
+# ---- dynamics -------------------------------------------------------------------------------
+
+def test_dynamics_shapes_and_mask_rate_range():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(token_grid=(8, 8)))
+    tokens = torch.randint(0, 16, (64, 3, 64))
+    actions = torch.randint(0, 4, (64, 2))
+    out = dyn(tokens, actions)
+    assert out["logits"].shape == (64, 3, 64, 16)
+    rate = out["mask_rate"]
+    assert rate.shape == (64,) and rate.min() >= 0.5 and rate.max() <= 1.0
+    assert rate.std() > 0.05  # drawn per sample, not per batch
+    mask = out["mask"]
+    assert not mask[:, 0].any()  # frame 1 is never masked
+    frac = mask[:, 1:].float().mean(dim=(1, 2))
+    assert (frac - rate).abs().max() < 0.15
+
+
+def test_dynamics_rejects_bad_actions():
+    dyn = DynamicsModel(dynamics_cfg())
+    tokens = torch.randint(0, 16, (1, 3, 4))
+    with pytest.raises(ValueError, match=r"actions must lie in \[0, 4\)"):
+        dyn(tokens, torch.tensor([[0, 9]]))
+    with pytest.raises(ValueError, match=r"shape \(1, 2\)"):
+        dyn(tokens, torch.tensor([[0]]))
+
+
+def test_dynamics_is_causal():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg()).eval()
+    tokens = torch.randint(0, 16, (2, 5, 4))
+    actions = torch.randint(0, 4, (2, 4))
+    none = torch.zeros(2)
+    base = dyn(tokens, actions, mask_rate=none)["logits"]
+    tokens2, actions2 = tokens.clone(), actions.clone()
+    tokens2[:, 3:] = (tokens2[:, 3:] + 1) % 16
+    actions2[:, 2:] = (actions2[:, 2:] + 1) % 4
+    out = dyn(tokens2, actions2, mask_rate=none)["logits"]
+    assert torch.equal(out[:, :3], base[:, :3])
+    assert not torch.allclose(out[:, 3], base[:, 3])
+
+
+def test_cached_sampling_equals_full_recompute():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg()).eval()
+    tokens = torch.randint(0, 16, (3, 4, 4))
+    actions = torch.randint(0, 4, (3, 3))
+    cache = dyn.new_cache(3)
+    for t in range(4):
+        dyn.observe(cache, tokens[:, t], None if t == 0 else actions[:, t - 1])
+    action = torch.tensor([0, 1, 3])
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]  # noqa: E731
+    cached = dyn.sample_next(cache, action, generators=gens())
+    full = dyn.sample_next_uncached(tokens, actions, action, generators=gens())
+    assert torch.equal(cached, full)
+    assert cache.length.tolist() == [4, 4, 4]  # sampling did not touch the cache
+
+
+def test_generation_is_seeded_per_row_and_slides_past_max_frames():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg()).eval()
+    prompt = torch.randint(0, 16, (3, 1, 4))
+    actions = torch.randint(0, 4, (3, 9))  # 10 frames > max_frames=6
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batched = dyn.generate(prompt, actions, generators=gens([5, 6, 7]))
+    assert batched.shape == (3, 10, 4) and batched.max() < 16
+    single = dyn.generate(prompt[1:2], actions[1:2], generators=gens([6]))
+    assert torch.equal(batched[1:2], single)
+    again = dyn.generate(prompt, actions, generators=gens([5, 6, 7]))
+    assert torch.equal(again, batched)
+
+
+def test_actions_condition_the_frame_they_produce():
+    # A toy world where the action alone decides the next frame: every token of frame t+1 is
+    # (token of frame t + shift[a_t]) mod V. An action added to the wrong frame cannot learn it.
+    torch.manual_seed(0)
+    cfg = dynamics_cfg(vocab_size=8, max_frames=4, maskgit_steps=2, temperature=0.0)
+    dyn = DynamicsModel(cfg)
+    shift = torch.tensor([1, 3, 5, 7])
+
+    def batch(_):
+        start = torch.randint(0, 8, (64, 1))
+        acts = torch.randint(0, 4, (64, 3))
+        frames = [start]
+        for t in range(3):
+            frames.append((frames[-1] + shift[acts[:, t:t + 1]]) % 8)
+        return torch.cat(frames, 1)[:, :, None].expand(64, 4, 4).contiguous(), acts
+
+    _train(dyn, batch, 500, lr=3e-3)
+    dyn.eval()
+    tokens, acts = batch(0)
+    gen = dyn.generate(tokens[:, :1], acts)
+    assert (gen[:, 1] == tokens[:, 1]).float().mean() > 0.95
+    assert (gen == tokens).float().mean() > 0.9
+    # The same rollout with each action one frame late gets the first move wrong.
+    late = dyn.generate(tokens[:, :1], torch.roll(acts, 1, dims=1))
+    assert (late[:, 1] == tokens[:, 1]).float().mean() < 0.5
+
+
+def test_reward_and_termination_heads_learn_and_predict():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(reward_head=True))
+
+    def batch(_):
+        tokens = torch.randint(0, 16, (32, 3, 4))
+        acts = torch.randint(0, 4, (32, 2))
+        rewards = (tokens[:, :, 0] < 8).float()  # reward visible in the frame itself
+        dones = torch.zeros(32, 3)
+        return tokens, acts, rewards, dones
+
+    first = dyn(*batch(0))["reward_loss"].item()
+    _train(dyn, batch, 150)
+    tokens, acts, rewards, dones = batch(0)
+    out = dyn.eval()(tokens, acts, rewards, dones)
+    assert out["reward_loss"].item() < 0.5 * first
+    cache = dyn.new_cache(32)
+    h = dyn.observe(cache, tokens[:, 0], None)
+    r, d = dyn.predict_reward_done(h, acts[:, 0])
+    assert r.shape == d.shape == (32,) and ((d >= 0) & (d <= 1)).all()
+    assert ((r > 0.5).float() == rewards[:, 0]).float().mean() > 0.8
