@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     collect.add_arguments(p)
     p.set_defaults(func=collect.run)
 
+    p = sub.add_parser("info", help="build models from YAML configs and print their parameter counts")
+    p.add_argument("configs", nargs="*", help="stage YAML files (default: the three seed configs in configs/)")
+    p.set_defaults(func=info)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -23,6 +27,26 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input is reported as one sentence, not a traceback.
         print(f"genie-env {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def info(args: argparse.Namespace) -> int:
+    """Print each model's parameter count, built from its YAML config."""
+    from pathlib import Path
+
+    from genie_env.config import load_config
+    from genie_env.models import build_model
+    from genie_env.nn.st_transformer import count_parameters
+
+    paths = args.configs or [str(Path("configs") / f"{k}_config.yaml") for k in ("tokenizer", "lam", "dynamics")]
+    total = 0
+    print(f"{'config':<40} {'kind':<10} {'parameters':>14}")
+    for path in paths:
+        cfg = load_config(path)
+        n = count_parameters(build_model(cfg.kind, cfg.model))
+        total += n
+        print(f"{path:<40} {cfg.kind:<10} {n:>14,}")
+    print(f"{'total':<40} {'':<10} {total:>14,}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,250 @@
+"""H5 video episodes and the clip dataset the trainers read.
+
+Format: one or more ``.h5``/``.hdf5`` files in a directory, each holding
+
+- ``frames`` (or ``images``): ``(T, H, W, C)`` or ``(T, C, H, W)`` with C in {1, 3}, uint8 0-255
+  or float 0-1. One channel is repeated to RGB.
+- optional ``actions`` ``(T,)`` or ``(T, k)``, ``rewards`` ``(T,)``, ``dones`` ``(T,)``: entry i
+  describes the transition **out of** frame i (the action taken in frame i, the reward for it,
+  whether the episode ended after it).
+- optional ``episode_starts``: frame indices where episodes begin (0 first, increasing). Without
+  it, a new episode begins after each frame whose ``done`` is true; without either, the file is
+  one episode.
+
+A clip is ``clip_len`` consecutive frames of one episode; it never crosses an episode boundary.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+FRAME_KEYS = ("frames", "images")
+OPTIONAL_KEYS = ("actions", "rewards", "dones")
+FORMAT_HINT = "Expected 'frames' or 'images' of shape (T,H,W,C) or (T,C,H,W) with C = 1 or 3."
+
+
+class H5DataError(ValueError):
+    """An H5 file or data directory that cannot be read as Genie video."""
+
+
+def find_h5_files(data_dir: str | Path) -> list[Path]:
+    """The sorted ``.h5``/``.hdf5`` files in ``data_dir``; an error if there are none."""
+    d = Path(data_dir)
+    if not d.exists():
+        raise H5DataError(f"{d}: data directory not found. Record episodes with "
+                          f"`genie-env collect --env coinrun --out {d}` or pass --data_dir.")
+    if d.is_file():
+        return [d]
+    files = sorted(p for p in d.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
+    if not files:
+        raise H5DataError(f"{d}: no .h5 or .hdf5 files in this directory. Record episodes with "
+                          f"`genie-env collect --env coinrun --out {d}`.")
+    return files
+
+
+def _channel_axis(path: Path, key: str, shape: tuple[int, ...]) -> int:
+    if len(shape) != 4:
+        raise H5DataError(f"{path}: '{key}' has shape {shape} (rank {len(shape)}); {FORMAT_HINT}")
+    if shape[-1] in (1, 3):
+        return 3
+    if shape[1] in (1, 3):
+        return 1
+    raise H5DataError(f"{path}: '{key}' has shape {shape}: no axis of 1 or 3 channels; {FORMAT_HINT}")
+
+
+@dataclass
+class H5Episodes:
+    """One file's metadata, read and checked without loading its frames."""
+
+    path: Path
+    frame_key: str
+    num_frames: int
+    height: int
+    width: int
+    channels_last: bool
+    is_float: bool
+    episodes: list[tuple[int, int]]  # [start, stop) frame ranges
+    keys: tuple[str, ...]  # optional keys present
+
+    @classmethod
+    def open(cls, path: str | Path) -> "H5Episodes":
+        path = Path(path)
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise H5DataError(f"{path}: not a readable HDF5 file ({e}). Re-record or remove it.") from e
+        with f:
+            key = next((k for k in FRAME_KEYS if k in f), None)
+            if key is None:
+                raise H5DataError(f"{path}: key 'frames' missing; found {sorted(f.keys())}. {FORMAT_HINT}")
+            ds = f[key]
+            shape = tuple(ds.shape)
+            axis = _channel_axis(path, key, shape)
+            t = shape[0]
+            if t == 0:
+                raise H5DataError(f"{path}: '{key}' holds no frames (empty file). Re-record it or remove it.")
+            if not (np.issubdtype(ds.dtype, np.integer) or np.issubdtype(ds.dtype, np.floating)):
+                raise H5DataError(f"{path}: '{key}' has dtype {ds.dtype}; expected uint8 or float")
+            h, w = (shape[1], shape[2]) if axis == 3 else (shape[2], shape[3])
+            keys = []
+            for k in OPTIONAL_KEYS:
+                if k in f:
+                    if f[k].shape[0] != t:
+                        raise H5DataError(f"{path}: '{k}' has {f[k].shape[0]} entries but there are {t} "
+                                          f"frames; entry i must describe the transition out of frame i.")
+                    keys.append(k)
+            dones = np.asarray(f["dones"][:], dtype=bool) if "dones" in f else None
+            starts = np.asarray(f["episode_starts"][:]) if "episode_starts" in f else None
+        episodes = cls._episodes(path, t, starts, dones)
+        return cls(path, key, t, h, w, axis == 3, np.issubdtype(ds.dtype, np.floating), episodes, tuple(keys))
+
+    @staticmethod
+    def _episodes(path: Path, t: int, starts, dones) -> list[tuple[int, int]]:
+        if starts is not None:
+            starts = starts.astype(np.int64).ravel()
+            if len(starts) == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= t:
+                raise H5DataError(f"{path}: 'episode_starts' must begin at 0 and increase strictly below "
+                                  f"{t}; got {starts[:10].tolist()}...")
+        elif dones is not None:
+            starts = np.concatenate([[0], np.flatnonzero(dones[:-1]) + 1])
+        else:
+            starts = np.array([0])
+        stops = np.concatenate([starts[1:], [t]])
+        return [(int(a), int(b)) for a, b in zip(starts, stops)]
+
+    def read(self, f: h5py.File, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Frames [start, stop) as uint8 (n, H, W, 3) and the optional arrays of that range."""
+        frames = np.asarray(f[self.frame_key][start:stop])
+        if not self.channels_last:
+            frames = frames.transpose(0, 2, 3, 1)
+        if self.is_float:
+            if not np.isfinite(frames).all():
+                raise H5DataError(f"{self.path}: '{self.frame_key}' has NaN or inf in frames {start}..{stop - 1}")
+            frames = (np.clip(frames, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        elif frames.dtype != np.uint8:
+            frames = np.clip(frames, 0, 255).astype(np.uint8)
+        if frames.shape[-1] == 1:
+            frames = np.repeat(frames, 3, axis=-1)
+        out = {"frames": frames}
+        for k in self.keys:
+            out[k] = np.asarray(f[k][start:stop])
+        return out
+
+
+class ClipDataset(Dataset):
+    """Fixed-length clips from the episodes of a directory (or list) of H5 files.
+
+    Items are dicts: ``frames`` float32 (T, 3, H, W) in [0, 1] at ``image_size``, and, when the
+    files have them, ``actions`` (T,) int64 (float32 if continuous), ``rewards`` and ``dones``
+    (T,) float32. Clip starts are spaced ``clip_len // 2`` apart within each episode (plus the
+    episode's last full clip). ``split`` holds out whole episodes: "val" takes about
+    ``val_fraction`` of them (at least one when there are two or more), "train" the rest, None all.
+    Files are opened lazily in each process, so DataLoader workers each get their own handles.
+    """
+
+    def __init__(self, data: str | Path | Sequence[str | Path], clip_len: int = 16,
+                 image_size: Sequence[int] = (64, 64), split: str | None = None,
+                 val_fraction: float = 0.1, seed: int = 0):
+        if split not in (None, "train", "val"):
+            raise ValueError(f"split must be None, 'train' or 'val', got {split!r}")
+        if clip_len < 1:
+            raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+        files = find_h5_files(data) if isinstance(data, (str, Path)) else [Path(p) for p in data]
+        self.clip_len, self.image_size = clip_len, tuple(int(s) for s in image_size)
+        self.files = [H5Episodes.open(p) for p in files]
+        keysets = {m.keys for m in self.files}
+        if len(keysets) > 1:
+            desc = "; ".join(f"{m.path.name}: {list(m.keys)}" for m in self.files[:6])
+            raise H5DataError(f"the files disagree on which of {list(OPTIONAL_KEYS)} they hold ({desc}); "
+                              "use files recorded the same way")
+        self.keys = next(iter(keysets))
+        episodes = [(i, a, b) for i, m in enumerate(self.files) for a, b in m.episodes]
+        self.total_episodes = len(episodes)
+        longest = max(b - a for _, a, b in episodes)
+        long_enough = [e for e in episodes if e[2] - e[1] >= clip_len]
+        if not long_enough:
+            raise H5DataError(f"{Path(files[0]).parent}: no episode has {clip_len} frames (the longest has "
+                              f"{longest}); lower data.clip_len or record longer episodes.")
+        if len(long_enough) < len(episodes):
+            log.info("skipping %d of %d episodes shorter than %d frames",
+                     len(episodes) - len(long_enough), len(episodes), clip_len)
+        episodes = self._split(long_enough, split, val_fraction, seed)
+        self.episodes = episodes
+        stride = max(1, clip_len // 2)
+        self.index: list[tuple[int, int]] = []
+        for i, a, b in episodes:
+            starts = list(range(a, b - clip_len + 1, stride))
+            if starts[-1] != b - clip_len:
+                starts.append(b - clip_len)
+            self.index += [(i, s) for s in starts]
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = None
+
+    @staticmethod
+    def _split(episodes, split, val_fraction, seed):
+        if split is None or len(episodes) < 2:
+            if split == "val" and len(episodes) < 2:
+                log.warning("only one usable episode: validating on the training episode")
+            return episodes
+        order = np.random.default_rng(seed).permutation(len(episodes))
+        n_val = min(len(episodes) - 1, max(1, round(val_fraction * len(episodes))))
+        chosen = sorted(order[:n_val].tolist()) if split == "val" else sorted(order[n_val:].tolist())
+        return [episodes[j] for j in chosen]
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(b - a for _, a, b in self.episodes)
+
+    @property
+    def has_actions(self) -> bool:
+        return "actions" in self.keys
+
+    @property
+    def has_rewards(self) -> bool:
+        return "rewards" in self.keys
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _handle(self, i: int) -> h5py.File:
+        if self._pid != os.getpid():  # h5py handles must not cross a fork
+            self._handles, self._pid = {}, os.getpid()
+        if i not in self._handles:
+            self._handles[i] = h5py.File(self.files[i].path, "r")
+        return self._handles[i]
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        i, start = self.index[idx]
+        raw = self.files[i].read(self._handle(i), start, start + self.clip_len)
+        frames = torch.from_numpy(raw["frames"]).permute(0, 3, 1, 2).float().div_(255.0)
+        if tuple(frames.shape[-2:]) != self.image_size:
+            frames = F.interpolate(frames, size=self.image_size, mode="bilinear", antialias=True,
+                                   align_corners=False).clamp_(0, 1)
+        item = {"frames": frames.contiguous()}
+        if "actions" in raw:
+            a = raw["actions"]
+            item["actions"] = torch.from_numpy(a.astype(np.int64 if np.issubdtype(a.dtype, np.integer) else np.float32))
+        for k in ("rewards", "dones"):
+            if k in raw:
+                item[k] = torch.from_numpy(raw[k].astype(np.float32))
+        return item
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"], state["_pid"] = {}, None
+        return state
