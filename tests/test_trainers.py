@@ -1,0 +1,219 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from genie_env.checkpoint import load_checkpoint, load_model
+from genie_env.config import load_config
+from genie_env.data.h5 import ClipDataset
+from trainers import train_dynamics, train_lam, train_tokenizer
+from trainers.loop import StepBatchSampler, TrainingError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MICRO = {
+    "tokenizer": dict(image_size=[32, 32], patch_size=8, num_codes=64, code_dim=16, enc_layers=1, enc_dim=48,
+                      enc_heads=2, dec_layers=1, dec_dim=48, dec_heads=2, max_frames=4),
+    "lam": dict(image_size=[32, 32], patch_size=16, num_actions=4, action_dim=8, enc_layers=1, enc_dim=48,
+                enc_heads=2, dec_layers=1, dec_dim=48, dec_heads=2, max_frames=4),
+    "dynamics": dict(token_grid=[4, 4], vocab_size=64, num_actions=4, num_layers=1, d_model=48, num_heads=2,
+                     qk_dim=16, max_frames=4, maskgit_steps=2),
+}
+
+
+def micro_config(tmp_path, kind, steps=8, **train_kw):
+    cfg = {"kind": kind, "model": MICRO[kind], "data": {"clip_len": 4, "num_workers": 0},
+           "train": {"batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "max_steps": steps, "bf16": False,
+                     "log_every": 2, "eval_every": 4, "save_every": 4, "image_every": 4, "val_batches": 1,
+                     **train_kw}}
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def args_for(parser, config, data_dir, out_dir, *extra):
+    return parser.parse_args(["--config", str(config), "--data_dir", str(data_dir), "--device", "cpu",
+                              "--out_dir", str(out_dir), *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, coinrun_dir):
+    """The three micro stages trained in order, as the seed's commands do."""
+    tmp = tmp_path_factory.mktemp("trained")
+    out = tmp / "ckpt"
+    tok = train_tokenizer.main(args_for(train_tokenizer.base_parser("tokenizer"),
+                                        micro_config(tmp, "tokenizer", steps=80), coinrun_dir, out))
+    lam = train_lam.main(args_for(train_lam.base_parser("lam"), micro_config(tmp, "lam", steps=30), coinrun_dir, out))
+    dyn = train_dynamics.main(args_for(train_dynamics.parser(), micro_config(tmp, "dynamics", steps=30),
+                                       coinrun_dir, out, "--tokenizer_path", str(tok), "--lam_path", str(lam)))
+    return {"tmp": tmp, "out": out, "tokenizer": tok, "lam": lam, "dynamics": dyn}
+
+
+def _val_batch(coinrun_dir):
+    ds = ClipDataset(coinrun_dir, clip_len=4, image_size=(32, 32), split="val")
+    return torch.stack([ds[i]["frames"] for i in range(min(4, len(ds)))])
+
+
+def test_stages_write_loadable_checkpoints_and_losses_fall(trained, coinrun_dir):
+    out = trained["out"]
+    for kind, steps in (("tokenizer", 80), ("lam", 30), ("dynamics", 30)):
+        names = {p.name for p in (out / kind).glob("*.pt")}
+        assert names == {f"checkpoint_step_{s}.pt" for s in [*range(4, steps, 4), steps]} | {"latest.pt"}
+        assert load_checkpoint(out / kind / "latest.pt")["step"] == steps
+        assert (out / kind / "tb").is_dir() and any((out / kind / "tb").iterdir())
+    video = _val_batch(coinrun_dir)
+    torch.manual_seed(0)
+    for kind, trainer in (("tokenizer", train_tokenizer), ("lam", train_lam)):
+        cfg = load_config(trained["tmp"] / f"{kind}.yaml")
+        fresh = trainer.make_task(cfg).model.eval()
+        model = load_model(trained[kind], kind)
+        before = fresh(video)["recon_loss"].item()
+        after = model(video)["recon_loss"].item()
+        assert after < 0.7 * before, (kind, before, after)
+    tok = load_model(trained["tokenizer"], "tokenizer")
+    lam = load_model(trained["lam"], "lam")
+    dyn_cfg = load_config(trained["tmp"] / "dynamics.yaml")
+    fresh = train_dynamics.make_task(dyn_cfg, tok, lam).model.eval()
+    dyn = load_model(trained["dynamics"], "dynamics")
+    tokens, actions = tok.encode(video), lam.infer_actions(video)
+    rate = torch.full((video.shape[0],), 0.75)
+    torch.manual_seed(1)
+    before = fresh(tokens, actions, mask_rate=rate)["ce"].item()
+    torch.manual_seed(1)
+    after = dyn(tokens, actions, mask_rate=rate)["ce"].item()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_seed_commands_run_as_documented(trained, coinrun_dir, tmp_path):
+    # The issue's exact flags, as a user types them, with --device cpu.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "trainers.train_dynamics", "--config", str(trained["tmp"] / "dynamics.yaml"),
+           "--data_dir", str(coinrun_dir), "--tokenizer_path", str(trained["tokenizer"]),
+           "--lam_path", str(trained["lam"]), "--device", "cpu", "--out_dir", str(tmp_path), "--max_steps", "2"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert isinstance(load_model(tmp_path / "dynamics" / "checkpoint_step_2.pt"), torch.nn.Module)
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, coinrun_dir):
+    cfg_path = micro_config(tmp_path, "tokenizer", steps=8)
+    straight = train_tokenizer.main(args_for(train_tokenizer.base_parser("tokenizer"), cfg_path, coinrun_dir,
+                                             tmp_path / "a"))
+
+    task = train_tokenizer.make_task(load_config(cfg_path))
+    calls = {"n": 0}
+    inner = task.loss
+
+    def interrupted(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the step-4 checkpoint, mid-way to the next
+            raise KeyboardInterrupt
+        return inner(m, batch)
+
+    task.loss = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        train(task, coinrun_dir, "cpu", tmp_path / "b")
+    assert load_checkpoint(tmp_path / "b" / "tokenizer" / "latest.pt")["step"] == 4
+    resumed = train_tokenizer.main(args_for(train_tokenizer.base_parser("tokenizer"), cfg_path, coinrun_dir,
+                                            tmp_path / "b"))
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
+
+
+def test_data_order_depends_on_the_step_alone():
+    full = list(StepBatchSampler(10, 4, 0, 1, seed=3, start_step=0, max_steps=7))
+    tail = list(StepBatchSampler(10, 4, 0, 1, seed=3, start_step=4, max_steps=7))
+    assert tail == full[4:]
+    assert sorted(sum(full[:5], [])[:10]) == list(range(10))  # an epoch sees every clip once
+    ranks = [list(StepBatchSampler(10, 4, r, 2, seed=3, start_step=0, max_steps=7)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks)] == full
+
+
+def test_two_process_gloo_ddp_run(tmp_path, coinrun_dir):
+    cfg_path = micro_config(tmp_path, "lam", steps=4)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "trainers.train_lam", "--config", str(cfg_path), "--data_dir", str(coinrun_dir),
+           "--device", "cpu", "--out_dir", str(tmp_path / "ddp")]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "lam" / "latest.pt")
+    assert ckpt["step"] == 4 and ckpt["extra"]["world_size"] == 2 and len(ckpt["extra"]["rank_rng"]) == 2
+    assert isinstance(load_model(tmp_path / "ddp" / "lam" / "latest.pt"), torch.nn.Module)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, coinrun_dir):
+    task = train_tokenizer.make_task(load_config(micro_config(tmp_path, "tokenizer", steps=8)))
+    inner, calls = task.loss, {"n": 0}
+
+    def poisoned(m, batch):
+        calls["n"] += 1
+        out = inner(m, batch)
+        if calls["n"] == 6:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    task.loss = poisoned
+    with pytest.raises(TrainingError, match="loss became nan at step 6.*checkpoint_step|latest"):
+        train(task, coinrun_dir, "cpu", tmp_path / "o")
+    assert load_checkpoint(tmp_path / "o" / "tokenizer" / "latest.pt")["step"] == 4
+
+
+def test_bad_inputs_fail_before_any_compute(tmp_path, trained, coinrun_dir):
+    p = train_tokenizer.base_parser("tokenizer")
+    cfg = micro_config(tmp_path, "tokenizer")
+    with pytest.raises(Exception, match="no .h5|not found|does not exist"):
+        train_tokenizer.main(args_for(p, cfg, tmp_path / "nodata", tmp_path / "o"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(TrainingError, match="cannot write checkpoints"):
+        train_tokenizer.main(args_for(p, cfg, coinrun_dir, blocker / "sub"))
+    with pytest.raises(TrainingError, match="configures a lam, but this is the tokenizer trainer"):
+        train_tokenizer.main(args_for(p, micro_config(tmp_path, "lam"), coinrun_dir, tmp_path / "o"))
+    # A dynamics config whose vocabulary and actions do not match the trained tokenizer and LAM.
+    bad = yaml.safe_load((trained["tmp"] / "dynamics.yaml").read_text())
+    bad["model"].update(vocab_size=128, num_actions=8)
+    bad_path = tmp_path / "bad_dyn.yaml"
+    bad_path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(TrainingError, match=r"64 codes but dynamics vocab_size is 128.*4 actions but dynamics num_actions is 8"):
+        train_dynamics.main(args_for(train_dynamics.parser(), bad_path, coinrun_dir, tmp_path / "o",
+                                     "--tokenizer_path", str(trained["tokenizer"]), "--lam_path", str(trained["lam"])))
+    # Checkpoints swapped between the two arguments.
+    with pytest.raises(Exception, match="holds a lam model, but a tokenizer checkpoint"):
+        train_dynamics.main(args_for(train_dynamics.parser(), trained["tmp"] / "dynamics.yaml", coinrun_dir,
+                                     tmp_path / "o", "--tokenizer_path", str(trained["lam"]),
+                                     "--lam_path", str(trained["tokenizer"])))
+
+
+def test_cli_reports_errors_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "trainers.train_tokenizer", "--config",
+                          str(ROOT / "configs/tiny/tokenizer_config.yaml"), "--data_dir", str(tmp_path / "none"),
+                          "--device", "cpu", "--out_dir", str(tmp_path / "o")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "error:" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cotraining_keeps_both_models(tmp_path, trained, coinrun_dir):
+    cfg = micro_config(tmp_path, "dynamics", steps=4)
+    path = train_dynamics.main(args_for(train_dynamics.parser(), cfg, coinrun_dir, tmp_path / "co",
+                                        "--tokenizer_path", str(trained["tokenizer"]),
+                                        "--lam_path", str(trained["lam"]), "--cotrain_lam"))
+    ckpt = load_checkpoint(path)
+    assert "cotrain_lam" in ckpt["extra"]
+    lam = load_model(tmp_path / "co" / "lam_cotrained" / "latest.pt", "lam")
+    start = load_checkpoint(trained["lam"])["model"]
+    changed = [k for k, v in lam.state_dict().items() if not torch.equal(v, start[k])]
+    assert changed, "co-training did not update the LAM"

@@ -1,0 +1,151 @@
+"""Stage 3: the MaskGIT dynamics model on tokens of the frozen tokenizer, with latent actions.
+
+Sequential (default): the LAM is frozen and only labels transitions. ``--cotrain_lam`` trains
+the LAM together with the dynamics model, as the paper does; the dynamics model still takes the
+LAM's action indices, so no gradient flows from the dynamics loss into the LAM (stop-grad). The
+co-trained LAM is kept inside the dynamics checkpoint and written to ``<out_dir>/lam_cotrained/``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from genie_env.checkpoint import load_model, save_checkpoint
+from genie_env.config import StageConfig, load_config, stage_from_dict
+from genie_env.models import DynamicsModel, LatentActionModel
+from trainers.loop import (Task, TrainingError, base_parser, build_datasets, run_cli,
+                           stage_from_args, train)
+from trainers.metrics import side_by_side
+
+
+def check_compatible(cfg: StageConfig, tok, lam) -> None:
+    """Refuse, before any compute, a tokenizer/LAM that does not fit the dynamics config."""
+    d, t, a = cfg.model, tok.cfg, lam.cfg
+    problems = []
+    if t.num_codes != d.vocab_size:
+        problems.append(f"tokenizer has {t.num_codes} codes but dynamics vocab_size is {d.vocab_size}")
+    if tuple(t.token_grid) != tuple(d.token_grid):
+        problems.append(f"tokenizer makes a {t.token_grid} token grid but dynamics token_grid is {d.token_grid}")
+    if a.num_actions != d.num_actions:
+        problems.append(f"LAM has {a.num_actions} actions but dynamics num_actions is {d.num_actions}")
+    if tuple(a.image_size) != tuple(t.image_size):
+        problems.append(f"LAM sees {a.image_size} frames but the tokenizer {t.image_size}")
+    for name, max_frames in (("tokenizer", t.max_frames), ("LAM", a.max_frames)):
+        if cfg.data.clip_len > max_frames:
+            problems.append(f"data.clip_len {cfg.data.clip_len} exceeds the {name}'s max_frames {max_frames}")
+    if problems:
+        raise TrainingError("the tokenizer/LAM checkpoints do not match the dynamics config: "
+                            + "; ".join(problems) + ". Fix the dynamics YAML or pass matching checkpoints.")
+
+
+class CoTrain(nn.Module):
+    """LAM + dynamics trained together: one loss, actions passed as indices (stop-grad)."""
+
+    def __init__(self, lam: LatentActionModel, dynamics: DynamicsModel):
+        super().__init__()
+        self.lam, self.dynamics = lam, dynamics
+
+    def forward(self, frames, tokens, rewards=None, dones=None):
+        lam_out = self.lam(frames)
+        out = self.dynamics(tokens, lam_out["actions"], rewards, dones)
+        out["dynamics_loss"] = out["loss"]
+        out["lam_loss"] = lam_out["loss"]
+        out["lam_perplexity"] = lam_out["perplexity"]
+        out["loss"] = out["loss"] + lam_out["loss"]
+        return out
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage: StageConfig | None = None) -> Task:
+    torch.manual_seed(cfg.train.seed)
+    dyn = DynamicsModel(cfg.model)
+    tokenizer = _frozen(tokenizer)
+    if not cotrain:
+        lam = _frozen(lam)
+    module = CoTrain(lam, dyn) if cotrain else dyn
+
+    def actions_of(frames):
+        return lam.infer_actions(frames)
+
+    def loss(m, batch):
+        frames = batch["frames"]
+        tokens = tokenizer.encode(frames)
+        if cotrain:
+            return m(frames, tokens, batch.get("rewards"), batch.get("dones"))
+        return m(tokens, actions_of(frames), batch.get("rewards"), batch.get("dones"))
+
+    def validate(m, batch):
+        frames = batch["frames"]
+        model = m.dynamics if cotrain else m
+        rate = torch.full((frames.shape[0],), 0.75, device=frames.device)
+        out = model(tokenizer.encode(frames), actions_of(frames), batch.get("rewards"), batch.get("dones"),
+                    mask_rate=rate)
+        return {k: out[k] for k in ("ce", "masked_acc", "reward_loss", "done_loss") if k in out}
+
+    def visualize(m, batch):
+        model = m.dynamics if cotrain else m
+        frames = batch["frames"][:1]
+        tokens = tokenizer.encode(frames)
+        gen = model.generate(tokens[:, :1], actions_of(frames))
+        return side_by_side(frames[0], tokenizer.decode(gen)[0])
+
+    task = Task(cfg, module, loss=loss, validate=validate, visualize=visualize, checkpoint_model=dyn)
+    if cotrain:
+        task.extra_state = lambda: {"cotrain_lam": {"config": lam_stage.to_dict(), "model": lam.state_dict()}}
+        task.load_extra_state = lambda extra: lam.load_state_dict(extra["cotrain_lam"]["model"])
+    return task
+
+
+def parser():
+    p = base_parser("dynamics")
+    p.add_argument("--tokenizer_path", required=True, help="trained tokenizer checkpoint (frozen)")
+    p.add_argument("--lam_path", default=None, help="trained LAM checkpoint (frozen unless --cotrain_lam)")
+    p.add_argument("--cotrain_lam", action="store_true",
+                   help="train the LAM with the dynamics model (the paper's setup)")
+    p.add_argument("--lam_config", default=None,
+                   help="with --cotrain_lam and no --lam_path: the LAM YAML to start from")
+    return p
+
+
+def main(args) -> Path:
+    cfg = stage_from_args(args, "dynamics")
+    tokenizer = load_model(args.tokenizer_path, kind="tokenizer")
+    lam_stage = None
+    if args.lam_path:
+        lam = load_model(args.lam_path, kind="lam")
+        lam_stage = lam.stage_config
+    elif args.cotrain_lam and args.lam_config:
+        lam_stage = load_config(args.lam_config)
+        lam = LatentActionModel(lam_stage.model)
+    else:
+        raise TrainingError("--lam_path is required (or --cotrain_lam with --lam_config to train a LAM from scratch)")
+    if args.cotrain_lam:
+        lam.train()
+    check_compatible(cfg, tokenizer, lam)
+    if cfg.model.reward_head:
+        train_ds, _ = build_datasets(cfg, args.data_dir, tokenizer.cfg.image_size)
+        if not (train_ds.has_rewards and "dones" in train_ds[0]):
+            raise TrainingError(f"reward_head is true but the data in {args.data_dir} has no rewards/dones; "
+                                "set model.reward_head: false or collect data with rewards")
+    task = make_task(cfg, tokenizer, lam, args.cotrain_lam, lam_stage)
+    path = train(task, args.data_dir, args.device, args.out_dir, args.resume, image_size=tokenizer.cfg.image_size)
+    if args.cotrain_lam and int(__import__("os").environ.get("RANK", "0")) == 0:
+        out = Path(args.out_dir or cfg.train.out_dir) / "lam_cotrained" / "latest.pt"
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        lam_cfg = stage_from_dict(ckpt["extra"]["cotrain_lam"]["config"])
+        lam.load_state_dict(ckpt["extra"]["cotrain_lam"]["model"])
+        save_checkpoint(out, lam, lam_cfg, step=ckpt["step"], include_rng=False)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, parser()))
