@@ -15,6 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     collect.add_arguments(p)
     p.set_defaults(func=collect.run)
 
+    p = sub.add_parser("pipeline", help="collect CoinRun, train the three models, evaluate, write a video")
+    from trainers import pipeline
+    pipeline.add_arguments(p)
+    p.set_defaults(func=pipeline.run)
+
     p = sub.add_parser("info", help="build models from YAML configs and print their parameter counts")
     p.add_argument("configs", nargs="*", help="stage YAML files (default: the three seed configs in configs/)")
     p.set_defaults(func=info)
