@@ -47,7 +47,7 @@ def trained(tmp_path_factory, coinrun_dir):
     out = tmp / "ckpt"
     tok = train_tokenizer.main(args_for(train_tokenizer.base_parser("tokenizer"),
                                         micro_config(tmp, "tokenizer", steps=80), coinrun_dir, out))
-    lam = train_lam.main(args_for(train_lam.base_parser("lam"), micro_config(tmp, "lam", steps=30), coinrun_dir, out))
+    lam = train_lam.main(args_for(train_lam.base_parser("lam"), micro_config(tmp, "lam", steps=80), coinrun_dir, out))
     dyn = train_dynamics.main(args_for(train_dynamics.parser(), micro_config(tmp, "dynamics", steps=30),
                                        coinrun_dir, out, "--tokenizer_path", str(tok), "--lam_path", str(lam)))
     return {"tmp": tmp, "out": out, "tokenizer": tok, "lam": lam, "dynamics": dyn}
@@ -60,7 +60,7 @@ def _val_batch(coinrun_dir):
 
 def test_stages_write_loadable_checkpoints_and_losses_fall(trained, coinrun_dir):
     out = trained["out"]
-    for kind, steps in (("tokenizer", 80), ("lam", 30), ("dynamics", 30)):
+    for kind, steps in (("tokenizer", 80), ("lam", 80), ("dynamics", 30)):
         names = {p.name for p in (out / kind).glob("*.pt")}
         assert names == {f"checkpoint_step_{s}.pt" for s in [*range(4, steps, 4), steps]} | {"latest.pt"}
         assert load_checkpoint(out / kind / "latest.pt")["step"] == steps

@@ -1,7 +1,10 @@
 """Latent action model (LAM), Genie §2.1: discrete actions learned from unlabeled video.
 
 The encoder sees raw frames x_1..x_{t+1} (causally, so one pass yields every transition) and
-emits one continuous vector per transition, quantised to ``num_actions`` codes. The decoder sees
+emits one continuous vector per transition, quantised to ``num_actions`` codes. That vector is
+read from the *change* of the encoder's pooled state from frame t to frame t+1: what the two
+frames share cancels, so the code carries the transition rather than the scene (with the state
+at t+1 alone, a tiny CoinRun LAM used 2 of its 8 codes; with the change, all 8; docs/design.md). The decoder sees
 x_1..x_t plus the action of t -> t+1 as an additive embedding on frame t's patches and predicts
 x_{t+1}; the tiny codebook is the bottleneck that forces the action to carry only what changes.
 At inference only the codebook matters: the dynamics model is conditioned on its indices.
@@ -45,12 +48,12 @@ class LatentActionModel(nn.Module):
         init_weights(self)
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Continuous actions (B, T-1, action_dim): the encoder output at frame t+1, pooled."""
+        """Continuous actions (B, T-1, action_dim) from the change of the pooled encoder state."""
         check_video(video, self.cfg.image_size, self.cfg.in_channels, "LatentActionModel")
         if video.shape[1] < 2:
             raise ValueError(f"the LAM needs at least 2 frames to infer an action, got {video.shape[1]}")
-        h = self.encoder(self.enc_in(patchify(video, self.cfg.patch_size)))
-        return self.to_action(h[:, 1:].mean(dim=2))
+        h = self.encoder(self.enc_in(patchify(video, self.cfg.patch_size))).mean(dim=2)  # (B, T, D)
+        return self.to_action(h[:, 1:] - h[:, :-1])
 
     def decode(self, video: torch.Tensor, action_vectors: torch.Tensor) -> torch.Tensor:
         """Predict frames 2..T from frames 1..T-1 and action vectors (B, T-1, action_dim)."""
