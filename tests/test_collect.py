@@ -17,8 +17,11 @@ def test_coinrun_episodes_are_recorded_and_split_on_resets(coinrun_dir):
             assert frames.dtype == np.uint8 and frames.shape[1:] == (64, 64, 3)
             starts = f["episode_starts"][:]
             assert starts[0] == 0 and len(starts) == 4
-            # done is true exactly at each episode's last frame
-            assert np.flatnonzero(dones).tolist() == [b - 1 for _, b in meta.episodes]
+            # a done can only sit on an episode's last frame, and episodes cut at 40 frames have none
+            ends = {b - 1 for _, b in meta.episodes}
+            assert set(np.flatnonzero(dones).tolist()) <= ends
+            for a, b in meta.episodes:
+                assert dones[b - 1] == (b - a < 40)
             assert 0 <= actions.min() and actions.max() < 15
             assert frames[:].std() > 10  # real game frames, not blanks
         assert all(b - a <= 40 for a, b in meta.episodes)
@@ -33,6 +36,11 @@ def test_gymnasium_env_with_rgb_array(tmp_path):
     ds = ClipDataset(tmp_path, clip_len=4, image_size=(32, 32))
     assert ds.total_episodes == 3 and ds[0]["frames"].shape == (4, 3, 32, 32)
     assert ds[0]["rewards"].eq(1).all()  # CartPole pays 1 per step
+    with h5py.File(files[0]) as f:
+        starts, dones = f["episode_starts"][:], f["dones"][:]
+    ends = np.concatenate([starts[1:], [len(dones)]]) - 1
+    # A pole that falls before the 15-step limit terminates; a run cut at 15 does not.
+    assert [bool(dones[e]) for e in ends] == [bool(e - s + 1 < 15) for s, e in zip(starts, ends)]
 
 
 def test_cli_collect_end_to_end(tmp_path, capsys):

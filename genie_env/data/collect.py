@@ -4,7 +4,10 @@ Procgen games (``coinrun`` and the rest) run through procgen's gym3 interface, i
 default as in the Genie CoinRun study; any other name is a Gymnasium env id rendered with
 ``rgb_array``. Both record the frame *before* each action, so an episode's terminal frame is not
 stored (gym3 resets inside the step and never shows it): the last stored frame of an episode is
-the one its final action was taken in, with ``done`` true.
+the one its final action was taken in. ``dones`` marks real terminations only (a Procgen reset,
+or Gymnasium's ``terminated``); an episode cut by ``max_episode_steps`` or a Gymnasium time
+limit ends without one, so a learned termination head never learns a cut as a death. Episode
+boundaries are always written to ``episode_starts``.
 """
 from __future__ import annotations
 
@@ -36,7 +39,6 @@ class EpisodeWriter:
     def add(self, frames, actions, rewards, dones) -> None:
         ep = {"frames": np.stack(frames).astype(np.uint8), "actions": np.asarray(actions),
               "rewards": np.asarray(rewards, dtype=np.float32), "dones": np.asarray(dones, dtype=bool)}
-        ep["dones"][-1] = True
         self.buffer.append(ep)
         self.frames += len(frames)
         if len(self.buffer) >= self.per_file:
@@ -83,7 +85,7 @@ def collect_procgen(out_dir: str | Path, env_name: str = "coinrun", num_episodes
             rew, obs, first = env.observe()
             rewards.append(float(rew[0]))  # gym3: the reward of the step that just ended
             capped = max_episode_steps is not None and len(frames) >= max_episode_steps
-            dones.append(bool(first[0]) or capped)
+            dones.append(bool(first[0]))
             if first[0] or capped:
                 writer.add(frames, actions, rewards, dones)
                 frames, actions, rewards, dones = [], [], [], []
@@ -127,7 +129,7 @@ def collect_gymnasium(out_dir: str | Path, env_id: str, num_episodes: int = 100,
             actions.append(a)
             _, r, terminated, truncated, _ = env.step(a)
             rewards.append(float(r))
-            dones.append(bool(terminated or truncated))
+            dones.append(bool(terminated))
             if terminated or truncated:
                 break
         writer.add(frames, actions, rewards, dones)
