@@ -93,6 +93,21 @@ class TemporalKVCache:
         """Number of cached frames per row, (B,)."""
         return self.valid.sum(dim=1)
 
+    def subset(self, rows: torch.Tensor) -> "TemporalKVCache":
+        """A copy holding only ``rows`` (a LongTensor of batch indices), for stepping some rows."""
+        sub = object.__new__(TemporalKVCache)
+        sub.slots = self.slots
+        sub.keys = [k[rows] for k in self.keys]
+        sub.values = [v[rows] for v in self.values]
+        sub.valid, sub.pos = self.valid[rows], self.pos[rows]
+        return sub
+
+    def assign(self, rows: torch.Tensor, sub: "TemporalKVCache") -> None:
+        """Write a :meth:`subset` back into ``rows``."""
+        for k, v, sk, sv in zip(self.keys, self.values, sub.keys, sub.values):
+            k[rows], v[rows] = sk, sv
+        self.valid[rows], self.pos[rows] = sub.valid, sub.pos
+
     def reset(self, rows: torch.Tensor | None = None) -> None:
         """Forget the past of ``rows`` (a (B,) bool mask; all rows when None)."""
         if rows is None:

@@ -1,0 +1,114 @@
+"""The inference session behind the env: prompt -> tokens -> step(action) -> frame, batched.
+
+A :class:`World` holds B learned worlds at once. Each step is one MaskGIT decode of every row's
+next frame against the dynamics model's temporal KV cache, then one decoder pass against the
+tokenizer decoder's cache: a step processes only the new frame, so its cost does not grow with
+the episode (the caches are ring buffers of ``max_frames - 1`` frames). Rows reset independently
+(a vector env's auto-reset), and every random draw of a row comes from its own
+``torch.Generator``, so a row's frames do not depend on the rest of the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from genie_env.models import DynamicsModel, VideoTokenizer
+
+
+@dataclass
+class StepResult:
+    frames: torch.Tensor  # (k, 3, H, W) in [0, 1]
+    tokens: torch.Tensor  # (k, N) int64
+    reward: torch.Tensor | None  # (k,) from the learned head, when the model has one
+    done_prob: torch.Tensor | None  # (k,) likewise
+
+
+def check_pair(tokenizer: VideoTokenizer, dynamics: DynamicsModel, where: str = "") -> None:
+    """A tokenizer and dynamics model that cannot work together raise a ValueError saying why."""
+    t, d = tokenizer.cfg, dynamics.cfg
+    if t.num_codes != d.vocab_size or tuple(t.token_grid) != tuple(d.token_grid):
+        raise ValueError(f"{where}the tokenizer ({t.num_codes} codes, token grid {t.token_grid}) does not "
+                         f"match the dynamics model (vocab {d.vocab_size}, token grid {d.token_grid}); "
+                         f"pass the tokenizer the dynamics model was trained with")
+
+
+class World:
+    """B worlds stepped in one batched forward per MaskGIT pass."""
+
+    def __init__(self, tokenizer: VideoTokenizer, dynamics: DynamicsModel, batch_size: int = 1,
+                 device: torch.device | str = "cpu", maskgit_steps: int | None = None,
+                 temperature: float | None = None):
+        check_pair(tokenizer, dynamics)
+        self.device = torch.device(device)
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.dynamics = dynamics.to(self.device).eval()
+        self.batch_size = batch_size
+        self.maskgit_steps = maskgit_steps or dynamics.cfg.maskgit_steps
+        self.temperature = dynamics.cfg.temperature if temperature is None else temperature
+        self.num_actions = dynamics.cfg.num_actions
+        self.image_size = tuple(tokenizer.cfg.image_size)
+        self.has_reward_head = dynamics.cfg.reward_head
+        n, d = dynamics.num_tokens, dynamics.cfg.d_model
+        self.dyn_cache = dynamics.new_cache(batch_size, self.device)
+        self.dec_cache = tokenizer.decoder.new_cache(batch_size, self.device)
+        self.hidden = torch.zeros(batch_size, n, d, device=self.device)
+        self.tokens = torch.zeros(batch_size, n, dtype=torch.long, device=self.device)
+
+    def _rows(self, rows) -> torch.Tensor:
+        if rows is None:
+            return torch.arange(self.batch_size, device=self.device)
+        return torch.as_tensor(rows, dtype=torch.long, device=self.device).reshape(-1)
+
+    @torch.no_grad()
+    def reset(self, prompts: torch.Tensor, rows=None) -> torch.Tensor:
+        """Start ``rows`` (all when None) from prompt frames (k, 3, H, W) in [0, 1].
+
+        Returns the frames as the world model sees them (the prompt through the tokenizer).
+        """
+        rows = self._rows(rows)
+        if prompts.shape[0] != rows.numel() or tuple(prompts.shape[1:]) != (3, *self.image_size):
+            raise ValueError(f"expected {rows.numel()} prompt frames of shape (3, {self.image_size[0]}, "
+                             f"{self.image_size[1]}), got {tuple(prompts.shape)}")
+        tokens = self.tokenizer.encode(prompts.to(self.device)[:, None])[:, 0]
+        dyn, dec = self.dyn_cache.subset(rows), self.dec_cache.subset(rows)
+        dyn.reset()
+        dec.reset()
+        self.hidden[rows] = self.dynamics.observe(dyn, tokens, None)
+        frames = self.tokenizer.decode_step(tokens, dec)
+        self.dyn_cache.assign(rows, dyn)
+        self.dec_cache.assign(rows, dec)
+        self.tokens[rows] = tokens
+        return frames
+
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor, rows=None, generators=None) -> StepResult:
+        """Advance ``rows`` (all when None) by one frame under ``actions`` (k,) int64.
+
+        ``generators``: one ``torch.Generator`` per stepped row (on this world's device), or None
+        for the global RNG.
+        """
+        actions = torch.as_tensor(actions, dtype=torch.long, device=self.device).reshape(-1)
+        if actions.numel() and (actions.min() < 0 or actions.max() >= self.num_actions):
+            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {actions.tolist()}")
+        full = rows is None or len(rows) == self.batch_size and \
+            torch.equal(self._rows(rows), self._rows(None))
+        rows = self._rows(None if full else rows)
+        dyn = self.dyn_cache if full else self.dyn_cache.subset(rows)
+        dec = self.dec_cache if full else self.dec_cache.subset(rows)
+        reward = done = None
+        if self.has_reward_head:
+            reward, done = self.dynamics.predict_reward_done(self.hidden[rows], actions)
+        tokens = self.dynamics.sample_next(dyn, actions, self.maskgit_steps, self.temperature, generators)
+        self.hidden[rows] = self.dynamics.observe(dyn, tokens, actions)
+        frames = self.tokenizer.decode_step(tokens, dec)
+        if not full:
+            self.dyn_cache.assign(rows, dyn)
+            self.dec_cache.assign(rows, dec)
+        self.tokens[rows] = tokens
+        return StepResult(frames, tokens, reward, done)
+
+    @property
+    def context_length(self) -> torch.Tensor:
+        """Frames in each row's dynamics context window, (B,)."""
+        return self.dyn_cache.length

@@ -1,0 +1,202 @@
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import AutoresetMode
+
+import genie_env  # noqa: F401  (registers Genie-v0)
+from genie_env.checkpoint import CheckpointError, load_model, save_checkpoint
+from genie_env.config import StageConfig
+from genie_env.env import GenieEnv
+from genie_env.models import DynamicsModel, VideoTokenizer
+from tests.tiny import dynamics_cfg, tokenizer_cfg
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny random-weight checkpoints (16x16 frames, 4x4 tokens, a 4-frame window) and prompts."""
+    d = tmp_path_factory.mktemp("world")
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg(max_frames=4))
+    save_checkpoint(d / "tok.pt", tok, StageConfig("tokenizer", tok.cfg))
+    for name, heads in (("dyn.pt", False), ("dyn_heads.pt", True)):
+        dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4), vocab_size=32, max_frames=4, reward_head=heads))
+        save_checkpoint(d / name, dyn, StageConfig("dynamics", dyn.cfg))
+    prompts = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    return {"dir": d, "tok": d / "tok.pt", "dyn": d / "dyn.pt", "heads": d / "dyn_heads.pt", "prompts": prompts}
+
+
+def make(world, heads=False, **kw):
+    return gym.make("Genie-v0", tokenizer_path=world["tok"], dynamics_path=world["heads" if heads else "dyn"],
+                    prompt=world["prompts"], device="cpu", **kw)
+
+
+def rollout(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    frames, tokens = [obs], []
+    for a in actions:
+        obs, _, _, _, info = env.step(a)
+        frames.append(obs)
+        tokens.append(info["tokens"])
+    return np.stack(frames), np.stack(tokens)
+
+
+def test_passes_gymnasium_env_checker_without_warnings(world):
+    env = make(world)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    assert [str(w.message) for w in caught] == []
+    assert env.action_space == gym.spaces.Discrete(4)
+    assert env.observation_space == gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+
+
+def test_same_seed_and_actions_give_the_same_frames(world):
+    env = make(world)
+    actions = [0, 3, 1, 2, 2, 0]
+    a = rollout(env, 7, actions)
+    b = rollout(env, 7, actions)
+    c = rollout(env, 8, actions)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_cached_step_equals_full_recompute(world):
+    env = make(world).unwrapped
+    obs, info = env.reset(seed=3)
+    gen_state = env._gen.get_state()
+    actions = [1, 0, 3]  # 4 frames: the whole window
+    tokens = [torch.as_tensor(info["tokens"])]
+    for a in actions:
+        tokens.append(torch.as_tensor(env.step(a)[4]["tokens"]))
+    dyn = load_model(world["dyn"])
+    g = torch.Generator().manual_seed(0)
+    g.set_state(gen_state)
+    for t, a in enumerate(actions):
+        ctx = torch.stack(tokens[: t + 1])[None]
+        acts = torch.tensor(actions[:t], dtype=torch.long)[None]
+        ref = dyn.sample_next_uncached(ctx, acts, torch.tensor([a]), generators=[g])
+        assert torch.equal(ref[0], tokens[t + 1]), f"step {t + 1}"
+
+
+def test_window_slides_past_the_context_limit(world):
+    env = make(world)
+    env.reset(seed=0)
+    lengths = [env.step(i % 4)[4]["context_length"] for i in range(12)]
+    assert lengths == [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]  # max_frames 4 = 3 cached + the new frame
+    obs = env.step(0)[0]
+    assert obs.shape == (16, 16, 3) and obs.dtype == np.uint8
+
+
+def test_vector_env_equals_single_envs(world):
+    venv = gym.make_vec("Genie-v0", num_envs=3, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
+                        prompt=world["prompts"], device="cpu", max_episode_steps=4)
+    assert isinstance(venv.unwrapped, genie_env.vector_env.GenieVectorEnv)
+    obs, _ = venv.reset(seed=11)
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 4, (4, 3))
+    vec_frames = [obs] + [venv.step(a)[0] for a in actions]
+    for i in range(3):
+        frames, _ = rollout(make(world), 11 + i, actions[:, i].tolist())
+        assert np.array_equal(np.stack([f[i] for f in vec_frames]), frames), f"env {i}"
+
+
+def test_vector_env_auto_resets_each_env(world):
+    venv = gym.make_vec("Genie-v0", num_envs=2, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
+                        prompt=world["prompts"], device="cpu", max_episode_steps=3)
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    venv.reset(seed=0, options={"reset_mask": np.array([True, True])})
+    venv.step(np.array([0, 0]))
+    venv.reset(options={"reset_mask": np.array([False, True])})  # env 1 restarts: out of step
+    truncs = [venv.step(np.array([1, 2]))[3].tolist() for _ in range(4)]
+    assert truncs == [[False, False], [True, False], [False, True], [False, False]]
+    same = gym.make_vec("Genie-v0", num_envs=2, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
+                        prompt=world["prompts"], device="cpu", max_episode_steps=2, autoreset_mode="SameStep")
+    same.reset(seed=0)
+    same.step(np.array([0, 0]))
+    obs, _, _, trunc, info = same.step(np.array([0, 0]))
+    assert trunc.all() and info["final_obs"].shape == (2, 16, 16, 3)
+
+
+def test_sixteen_envs_step_together(world):
+    venv = gym.make_vec("Genie-v0", num_envs=16, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
+                        prompt=world["prompts"], device="cpu")
+    obs, _ = venv.reset(seed=0)
+    obs, rew, term, trunc, info = venv.step(venv.action_space.sample())
+    assert obs.shape == (16, 16, 16, 3) and rew.shape == (16,) and info["tokens"].shape == (16, 16)
+
+
+def test_learned_heads_and_reward_fn(world):
+    env = make(world, heads=True)
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(1)
+    assert reward == pytest.approx(info["learned_reward"]) and 0 <= info["done_prob"] <= 1
+    assert terminated == (info["done_prob"] > 0.5)
+    calls = []
+
+    def brightness_gain(prev, action, obs):
+        calls.append(action)
+        return float(obs.mean() - prev.mean())
+
+    env = make(world, heads=True, reward_fn=brightness_gain)
+    prev, _ = env.reset(seed=0)
+    obs, reward, _, _, _ = env.step(2)
+    assert calls == [2] and reward == pytest.approx(obs.mean() - prev.mean())
+    plain = make(world)
+    plain.reset(seed=0)
+    assert plain.step(0)[1:3] == (0.0, False)
+
+
+def test_prompts(world, tmp_path):
+    env = make(world)
+    obs, info = env.reset(seed=0, options={"prompt": np.zeros((16, 16, 3), np.uint8)})
+    assert info["prompt_index"] == 0
+    big = np.zeros((64, 64, 3), np.uint8)  # same aspect ratio: resized
+    assert env.reset(options={"prompt": big})[0].shape == (16, 16, 3)
+    from PIL import Image
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "p.png")
+    assert env.reset(options={"prompt": str(tmp_path / "p.png")})[0].shape == (16, 16, 3)
+    with pytest.raises(ValueError, match="prompt frames are 16x40 but the model needs 16x16"):
+        env.reset(options={"prompt": np.zeros((16, 40, 3), np.uint8)})
+    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+        env.reset(options={"prompt": np.zeros((16, 16, 7), np.uint8)})
+    with pytest.raises(ValueError, match="prompt not found"):
+        env.reset(options={"prompt": str(tmp_path / "nope.png")})
+
+
+def test_invalid_actions_and_bad_checkpoints(world):
+    env = make(world)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.unwrapped.step(0)
+    env.reset(seed=0)
+    for bad in (4, -1, 1.5, "left"):
+        with pytest.raises(ValueError, match=r"invalid action .*integer in \[0, 4\)"):
+            env.step(bad)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        GenieEnv(tokenizer_path=world["dir"] / "missing.pt", dynamics_path=world["dyn"], device="cpu")
+    with pytest.raises(CheckpointError, match="holds a dynamics model, but a tokenizer"):
+        GenieEnv(tokenizer_path=world["dyn"], dynamics_path=world["dyn"], device="cpu")
+    other = DynamicsModel(dynamics_cfg(token_grid=(2, 2), vocab_size=16))
+    save_checkpoint(world["dir"] / "other.pt", other, StageConfig("dynamics", other.cfg))
+    with pytest.raises(ValueError, match="does not match the dynamics model"):
+        GenieEnv(tokenizer_path=world["tok"], dynamics_path=world["dir"] / "other.pt", device="cpu")
+    venv = gym.make_vec("Genie-v0", num_envs=2, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
+                        prompt=world["prompts"], device="cpu")
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match=r"2 integers in \[0, 4\)"):
+        venv.step(np.array([0, 9]))
+
+
+def test_render_modes(world):
+    env = make(world, render_mode="rgb_array")
+    obs, _ = env.reset(seed=0)
+    frame = env.render()
+    assert np.array_equal(frame, obs) and frame is not env.render()
+    human = make(world, render_mode="human")  # SDL_VIDEODRIVER=dummy in conftest
+    human.reset(seed=0)
+    human.step(1)
+    assert human.unwrapped._renderer.screen.get_size() == (128, 128)
+    human.close()
