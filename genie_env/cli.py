@@ -20,6 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_arguments(p)
     p.set_defaults(func=pipeline.run)
 
+    from genie_env import generate, play
+    p = sub.add_parser("generate", help="write a video from a prompt image and latent actions")
+    generate.add_arguments(p)
+    p.set_defaults(func=generate.run)
+
+    p = sub.add_parser("play", help="play a Genie world with the keyboard (pygame)")
+    play.add_arguments(p)
+    p.set_defaults(func=play.run)
+
+    p = sub.add_parser("export", help="package a trained run: weights-only checkpoints + prompt frames")
+    from trainers import export
+    export.add_arguments(p)
+    p.set_defaults(func=export.run)
+
     p = sub.add_parser("info", help="build models from YAML configs and print their parameter counts")
     p.add_argument("configs", nargs="*", help="stage YAML files (default: the three seed configs in configs/)")
     p.set_defaults(func=info)

@@ -4,6 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from genie_env.checkpoint import save_checkpoint
+from genie_env.config import StageConfig
+from genie_env.models import DynamicsModel, VideoTokenizer
+from tests.tiny import dynamics_cfg, tokenizer_cfg
+
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 torch.set_num_threads(2)
 
@@ -23,3 +28,17 @@ def coinrun_clips(coinrun_dir):
     from genie_env.data.h5 import ClipDataset
     ds = ClipDataset(coinrun_dir, clip_len=8)
     return torch.stack([ds[i]["frames"] for i in np.linspace(0, len(ds) - 1, 4).astype(int)])
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """Tiny random-weight checkpoints (16x16 frames, 4x4 tokens, a 4-frame window) and prompts."""
+    d = tmp_path_factory.mktemp("world")
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg(max_frames=4))
+    save_checkpoint(d / "tok.pt", tok, StageConfig("tokenizer", tok.cfg))
+    for name, heads in (("dyn.pt", False), ("dyn_heads.pt", True)):
+        dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4), vocab_size=32, max_frames=4, reward_head=heads))
+        save_checkpoint(d / name, dyn, StageConfig("dynamics", dyn.cfg))
+    prompts = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    return {"dir": d, "tok": d / "tok.pt", "dyn": d / "dyn.pt", "heads": d / "dyn_heads.pt", "prompts": prompts}

@@ -11,22 +11,8 @@ import genie_env  # noqa: F401  (registers Genie-v0)
 from genie_env.checkpoint import CheckpointError, load_model, save_checkpoint
 from genie_env.config import StageConfig
 from genie_env.env import GenieEnv
-from genie_env.models import DynamicsModel, VideoTokenizer
-from tests.tiny import dynamics_cfg, tokenizer_cfg
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Tiny random-weight checkpoints (16x16 frames, 4x4 tokens, a 4-frame window) and prompts."""
-    d = tmp_path_factory.mktemp("world")
-    torch.manual_seed(0)
-    tok = VideoTokenizer(tokenizer_cfg(max_frames=4))
-    save_checkpoint(d / "tok.pt", tok, StageConfig("tokenizer", tok.cfg))
-    for name, heads in (("dyn.pt", False), ("dyn_heads.pt", True)):
-        dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4), vocab_size=32, max_frames=4, reward_head=heads))
-        save_checkpoint(d / name, dyn, StageConfig("dynamics", dyn.cfg))
-    prompts = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-    return {"dir": d, "tok": d / "tok.pt", "dyn": d / "dyn.pt", "heads": d / "dyn_heads.pt", "prompts": prompts}
+from genie_env.models import DynamicsModel
+from tests.tiny import dynamics_cfg
 
 
 def make(world, heads=False, **kw):
