@@ -217,3 +217,27 @@ def test_cotraining_keeps_both_models(tmp_path, trained, coinrun_dir):
     start = load_checkpoint(trained["lam"])["model"]
     changed = [k for k, v in lam.state_dict().items() if not torch.equal(v, start[k])]
     assert changed, "co-training did not update the LAM"
+
+
+def test_export_packages_a_playable_world(trained, coinrun_dir, tmp_path):
+    import json
+
+    import gymnasium as gym
+
+    from genie_env.cli import main as cli
+    out = tmp_path / "assets"
+    assert cli(["export", "--run", str(trained["out"]), "--data_dir", str(coinrun_dir), "--out", str(out),
+                "--num_prompts", "3"]) == 0
+    for kind in ("tokenizer", "lam", "dynamics"):
+        ckpt = load_checkpoint(out / f"{kind}.pt")
+        assert "optimizer" not in ckpt and "rng" not in ckpt
+    held_out = ClipDataset(coinrun_dir, clip_len=4, split="val").num_episodes
+    assert len(list((out / "prompts").glob("*.png"))) == held_out >= 1  # one per held-out episode
+    amap = json.loads((out / "action_map.json").read_text())
+    chosen = [amap[k] for k in ("left", "right", "up", "down")]
+    assert len(set(chosen)) == 4 and all(0 <= c < 4 for c in chosen)  # one-to-one over the 4 actions
+    assert amap["transitions"] > 0 and len(amap["lift"]["left"]) == 4
+    env = gym.make("Genie-v0", tokenizer_path=out / "tokenizer.pt", dynamics_path=out / "dynamics.pt",
+                   prompt=out / "prompts", device="cpu")
+    obs, _ = env.reset(seed=0)
+    assert env.step(1)[0].shape == obs.shape == (32, 32, 3)

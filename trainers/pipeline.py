@@ -22,7 +22,7 @@ from trainers import train_dynamics, train_lam, train_tokenizer
 log = logging.getLogger("genie_env.pipeline")
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = {"tiny": CONFIG_ROOT / "tiny", "seed": CONFIG_ROOT}
+PRESETS = {"tiny": CONFIG_ROOT / "tiny", "bundled": CONFIG_ROOT / "bundled", "seed": CONFIG_ROOT}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

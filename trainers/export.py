@@ -1,0 +1,106 @@
+"""Package a trained world model: weights-only checkpoints and prompt frames from held-out episodes.
+
+``genie-env export --run runs/bundled --data_dir data/coinrun_bundled --out genie_env/assets/coinrun``
+is how the model bundled in the package was made. The checkpoints keep their config and step but
+drop the optimizer and RNG state; they load with ``weights_only=True`` like every checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from genie_env.checkpoint import load_model, save_checkpoint
+from genie_env.data.h5 import ClipDataset
+
+log = logging.getLogger("genie_env.export")
+
+# Procgen's 15 actions are these key combinations (procgen's own list, in order).
+PROCGEN_COMBOS = [("LEFT", "DOWN"), ("LEFT",), ("LEFT", "UP"), ("DOWN",), (), ("UP",), ("RIGHT", "DOWN"),
+                  ("RIGHT",), ("RIGHT", "UP"), ("D",), ("A",), ("W",), ("S",), ("Q",), ("E",)]
+DIRECTIONS = {"left": "LEFT", "right": "RIGHT", "up": "UP", "down": "DOWN"}
+
+
+@torch.no_grad()
+def procgen_action_map(lam, data_dir, clip_len: int, max_clips: int = 400) -> dict:
+    """Which latent action stands for each direction, from the true Procgen actions of the data.
+
+    A latent action's lift for a direction is how much more often its transitions hold that
+    direction than the data as a whole; the map is the one-to-one assignment of directions (and
+    "noop", the combinations without one) to latent actions with the largest total lift.
+    Returns the map and the lifts behind it.
+    """
+    ds = ClipDataset(data_dir, clip_len=clip_len, image_size=lam.cfg.image_size, split="train")
+    if not ds.has_actions:
+        raise ValueError(f"{data_dir}: no true actions to map latent actions to")
+    idx = np.linspace(0, len(ds) - 1, min(max_clips, len(ds))).astype(int)
+    latent, true = [], []
+    for start in range(0, len(idx), 32):
+        batch = [ds[int(i)] for i in idx[start:start + 32]]
+        latent.append(lam.infer_actions(torch.stack([b["frames"] for b in batch])).flatten())
+        true.append(torch.stack([b["actions"][:-1] for b in batch]).flatten())
+    latent, true = torch.cat(latent).numpy(), torch.cat(true).numpy()
+    if true.max() >= len(PROCGEN_COMBOS):
+        raise ValueError("the data's actions are not Procgen's 15 combinations")
+    n = lam.cfg.num_actions
+    has = {name: np.array([key in PROCGEN_COMBOS[a] for a in true]) for name, key in DIRECTIONS.items()}
+    has["noop"] = ~np.any(np.stack(list(has.values())), axis=0)
+    lifts = {}
+    for name, mask in has.items():
+        base = max(mask.mean(), 1e-9)
+        lifts[name] = [float(mask[latent == c].mean() / base) if (latent == c).any() else 0.0 for c in range(n)]
+    names = list(lifts)[:n]  # a LAM with fewer than 5 actions maps what it can
+    best = max(itertools.permutations(range(n), len(names)),
+               key=lambda codes: sum(lifts[k][c] for k, c in zip(names, codes)))
+    chosen = dict(zip(names, map(int, best)))
+    return {**chosen, "lift": {k: [round(x, 3) for x in v] for k, v in lifts.items()},
+            "transitions": int(len(latent))}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="a pipeline's --out_dir holding tokenizer/, lam/, dynamics/")
+    p.add_argument("--data_dir", required=True, help="the H5 episodes it was trained on")
+    p.add_argument("--out", required=True, help="where to write tokenizer.pt, lam.pt, dynamics.pt, prompts/")
+    p.add_argument("--num_prompts", type=int, default=8)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for kind in ("tokenizer", "lam", "dynamics"):
+        model = load_model(run_dir / kind / "latest.pt", kind)
+        path = out / f"{kind}.pt"
+        save_checkpoint(path, model, model.stage_config, step=0, include_rng=False)
+        sizes[kind] = path.stat().st_size
+    dyn_stage = model.stage_config
+    image_size = load_model(out / "tokenizer.pt").cfg.image_size
+    val = ClipDataset(args.data_dir, clip_len=1, image_size=image_size, split="val",
+                      val_fraction=dyn_stage.data.val_fraction, seed=dyn_stage.data.seed)
+    # Each held-out episode's first frame: a start a player has not seen in training.
+    starts = {a for _, a, _ in val.episodes}
+    picks = [i for i, (_, s) in enumerate(val.index) if s in starts][: args.num_prompts]
+    prompt_dir = out / "prompts"
+    prompt_dir.mkdir(exist_ok=True)
+    for old in prompt_dir.glob("*.png"):
+        old.unlink()
+    for k, i in enumerate(picks):
+        frame = (val[i]["frames"][0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(frame).save(prompt_dir / f"prompt_{k:02d}.png")
+    try:
+        amap = procgen_action_map(load_model(out / "lam.pt", "lam"), args.data_dir, dyn_stage.data.clip_len)
+        (out / "action_map.json").write_text(json.dumps(amap, indent=1))
+    except ValueError as e:
+        log.warning("no action map written: %s", e)
+    results = run_dir / "results.json"
+    if results.exists():
+        (out / "results.json").write_text(results.read_text())
+    log.info("exported %s (%.1f MB) and %d prompts to %s", json.dumps(sizes), sum(sizes.values()) / 2**20,
+             len(picks), out)
+    return 0
