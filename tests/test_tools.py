@@ -85,3 +85,21 @@ def test_ppo_example_trains_in_the_vector_env(world):
     args.prompt = str(args_prompt)
     out = agent.train(args)
     assert len(out["mean_reward"]) == 2 and all(np.isfinite(out["mean_reward"]))
+
+
+def test_stable_baselines3_learns_on_the_batched_env(world):
+    from stable_baselines3 import PPO
+
+    from genie_env.sb3 import GenieSB3VecEnv
+    venv = GenieSB3VecEnv(num_envs=2, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
+                          prompt=world["prompts"], device="cpu", max_episode_steps=3)
+    venv.seed(5)
+    obs = venv.reset()
+    assert obs.shape == (2, 16, 16, 3)
+    for _ in range(3):
+        obs, rewards, dones, infos = venv.step(np.array([1, 2]))
+    assert dones.all() and infos[0]["TimeLimit.truncated"]
+    assert infos[0]["terminal_observation"].shape == (16, 16, 3)
+    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=16)
+    assert model.num_timesteps >= 16
