@@ -10,29 +10,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genie-env", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from genie_env.data import collect
-    p = sub.add_parser("collect", help="record episodes of a Procgen or Gymnasium env to H5 files")
-    collect.add_arguments(p)
-    p.set_defaults(func=collect.run)
-
-    p = sub.add_parser("pipeline", help="collect CoinRun, train the three models, evaluate, write a video")
-    from trainers import pipeline
-    pipeline.add_arguments(p)
-    p.set_defaults(func=pipeline.run)
-
     from genie_env import generate, play
-    p = sub.add_parser("generate", help="write a video from a prompt image and latent actions")
-    generate.add_arguments(p)
-    p.set_defaults(func=generate.run)
-
-    p = sub.add_parser("play", help="play a Genie world with the keyboard (pygame)")
-    play.add_arguments(p)
-    p.set_defaults(func=play.run)
-
-    p = sub.add_parser("export", help="package a trained run: weights-only checkpoints + prompt frames")
-    from trainers import export
-    export.add_arguments(p)
-    p.set_defaults(func=export.run)
+    from genie_env.data import collect
+    from trainers import export, pipeline
+    for name, module, help_text in (
+            ("collect", collect, "record episodes of a Procgen or Gymnasium env to H5 files"),
+            ("pipeline", pipeline, "collect CoinRun, train the three models, evaluate, write a video"),
+            ("generate", generate, "write a video from a prompt image and latent actions"),
+            ("play", play, "play a Genie world with the keyboard (pygame)"),
+            ("export", export, "package a trained run: weights-only checkpoints + prompt frames")):
+        p = sub.add_parser(name, help=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
 
     p = sub.add_parser("info", help="build models from YAML configs and print their parameter counts")
     p.add_argument("configs", nargs="*", help="stage YAML files (default: the three seed configs in configs/)")

@@ -51,6 +51,16 @@ def load_world(tokenizer_path=None, dynamics_path=None, device="cpu"):
     return tok, dyn
 
 
+def make_world(tokenizer_path, dynamics_path, prompt, device, batch_size: int,
+               maskgit_steps: int | None, temperature: float | None):
+    """(device, World, prompt frames) for an env: bundled model and prompts where left None."""
+    dev = resolve_device(device)
+    tok, dyn = load_world(tokenizer_path, dynamics_path, dev)
+    world = World(tok, dyn, batch_size, dev, maskgit_steps, temperature)
+    prompts = load_prompts(prompt if prompt is not None else bundled_paths()["prompts"], world.image_size)
+    return dev, world, prompts
+
+
 def _as_frames(x: np.ndarray, where: str) -> np.ndarray:
     """Any image or stack of images -> (P, H, W, 3) uint8."""
     x = np.asarray(x)
@@ -171,12 +181,9 @@ class GenieEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
-        self.device = resolve_device(device)
-        tok, dyn = load_world(tokenizer_path, dynamics_path, self.device)
+        self.device, self.world, self.prompts = make_world(tokenizer_path, dynamics_path, prompt, device, 1,
+                                                           maskgit_steps, temperature)
         self.lam_path = lam_path  # the LAM is not needed to step; kept for tools that label prompts
-        self.world = World(tok, dyn, 1, self.device, maskgit_steps, temperature)
-        self.prompts = load_prompts(prompt if prompt is not None else bundled_paths()["prompts"],
-                                    self.world.image_size)
         self.reward_fn = reward_fn
         self.max_episode_steps = max_episode_steps
         h, w = self.world.image_size

@@ -18,9 +18,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from genie_env.device import resolve_device
-from genie_env.env import bundled_paths, frames_to_obs, load_prompts, load_world, torch_seed
-from genie_env.world import World
+from genie_env.env import frames_to_obs, load_prompts, make_world, torch_seed
 
 
 class GenieVectorEnv(VectorEnv):
@@ -42,12 +40,9 @@ class GenieVectorEnv(VectorEnv):
         self.render_mode = render_mode
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
-        self.device = resolve_device(device)
-        tok, dyn = load_world(tokenizer_path, dynamics_path, self.device)
+        self.device, self.world, self.prompts = make_world(tokenizer_path, dynamics_path, prompt, device,
+                                                           num_envs, maskgit_steps, temperature)
         self.lam_path = lam_path
-        self.world = World(tok, dyn, num_envs, self.device, maskgit_steps, temperature)
-        self.prompts = load_prompts(prompt if prompt is not None else bundled_paths()["prompts"],
-                                    self.world.image_size)
         self.reward_fn = reward_fn
         self.max_episode_steps = max_episode_steps
         h, w = self.world.image_size

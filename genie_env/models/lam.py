@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genie_env.config import LAMConfig
-from genie_env.models.tokenizer import check_video, patchify, unpatchify
-from genie_env.nn.st_transformer import STTransformer, init_weights
+from genie_env.models.tokenizer import check_video, patch_grid, patchify, st_stack, unpatchify
+from genie_env.nn.st_transformer import init_weights
 from genie_env.nn.vq import VectorQuantizer
 
 
@@ -27,23 +27,15 @@ class LatentActionModel(nn.Module):
     def __init__(self, cfg: LAMConfig):
         super().__init__()
         self.cfg = cfg
-        h, w = cfg.image_size
-        if h % cfg.patch_size or w % cfg.patch_size:
-            raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {cfg.patch_size}")
-        self.grid = (h // cfg.patch_size, w // cfg.patch_size)
-        n = self.grid[0] * self.grid[1]
+        self.grid = patch_grid(cfg)
         patch_dim = cfg.patch_size ** 2 * cfg.in_channels
         self.enc_in = nn.Linear(patch_dim, cfg.enc_dim)
-        self.encoder = STTransformer(cfg.enc_dim, cfg.enc_layers, cfg.enc_heads, n, cfg.max_frames,
-                                     mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
-                                     grad_checkpointing=cfg.grad_checkpointing)
+        self.encoder = st_stack(cfg, cfg.enc_dim, cfg.enc_layers, cfg.enc_heads)
         self.to_action = nn.Linear(cfg.enc_dim, cfg.action_dim)
         self.vq = VectorQuantizer(cfg.num_actions, cfg.action_dim, cfg.commitment, cfg.dead_code_steps)
         self.dec_in = nn.Linear(patch_dim, cfg.dec_dim)
         self.action_in = nn.Linear(cfg.action_dim, cfg.dec_dim)
-        self.decoder = STTransformer(cfg.dec_dim, cfg.dec_layers, cfg.dec_heads, n, cfg.max_frames,
-                                     mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
-                                     grad_checkpointing=cfg.grad_checkpointing)
+        self.decoder = st_stack(cfg, cfg.dec_dim, cfg.dec_layers, cfg.dec_heads)
         self.dec_out = nn.Linear(cfg.dec_dim, patch_dim)
         init_weights(self)
 

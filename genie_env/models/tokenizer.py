@@ -28,6 +28,21 @@ def unpatchify(x: torch.Tensor, patch: int, grid: tuple[int, int], channels: int
                      h=grid[0], w=grid[1], p1=patch, p2=patch, c=channels)
 
 
+def patch_grid(cfg) -> tuple[int, int]:
+    """Token grid of a pixel model's config (``image_size`` / ``patch_size``), checked."""
+    h, w = cfg.image_size
+    if h % cfg.patch_size or w % cfg.patch_size:
+        raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {cfg.patch_size}")
+    return h // cfg.patch_size, w // cfg.patch_size
+
+
+def st_stack(cfg, dim: int, layers: int, heads: int) -> STTransformer:
+    """The causal ST-transformer of a pixel model (tokenizer or LAM) over its patch grid."""
+    gh, gw = patch_grid(cfg)
+    return STTransformer(dim, layers, heads, gh * gw, cfg.max_frames, mlp_ratio=cfg.mlp_ratio,
+                         qk_norm=cfg.qk_norm, grad_checkpointing=cfg.grad_checkpointing)
+
+
 def check_video(video: torch.Tensor, image_size: tuple[int, int], channels: int, who: str) -> None:
     if video.ndim != 5 or video.shape[2] != channels or tuple(video.shape[-2:]) != tuple(image_size):
         raise ValueError(f"{who} expects video of shape (B, T, {channels}, {image_size[0]}, "
@@ -40,22 +55,14 @@ class VideoTokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
-        h, w = cfg.image_size
-        if h % cfg.patch_size or w % cfg.patch_size:
-            raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {cfg.patch_size}")
-        self.grid = cfg.token_grid
-        n = self.grid[0] * self.grid[1]
+        self.grid = patch_grid(cfg)
         patch_dim = cfg.patch_size ** 2 * cfg.in_channels
         self.enc_in = nn.Linear(patch_dim, cfg.enc_dim)
-        self.encoder = STTransformer(cfg.enc_dim, cfg.enc_layers, cfg.enc_heads, n, cfg.max_frames,
-                                     mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
-                                     grad_checkpointing=cfg.grad_checkpointing)
+        self.encoder = st_stack(cfg, cfg.enc_dim, cfg.enc_layers, cfg.enc_heads)
         self.to_code = nn.Linear(cfg.enc_dim, cfg.code_dim)
         self.vq = VectorQuantizer(cfg.num_codes, cfg.code_dim, cfg.commitment, cfg.dead_code_steps)
         self.dec_in = nn.Linear(cfg.code_dim, cfg.dec_dim)
-        self.decoder = STTransformer(cfg.dec_dim, cfg.dec_layers, cfg.dec_heads, n, cfg.max_frames,
-                                     mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
-                                     grad_checkpointing=cfg.grad_checkpointing)
+        self.decoder = st_stack(cfg, cfg.dec_dim, cfg.dec_layers, cfg.dec_heads)
         self.dec_out = nn.Linear(cfg.dec_dim, patch_dim)
         init_weights(self)
 
