@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genie-env", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from genie_env import generate, play
+    from genie_env import evaluate, generate, play
     from genie_env.data import collect
     from trainers import export, pipeline
     for name, module, help_text in (
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline", pipeline, "collect CoinRun, train the three models, evaluate, write a video"),
             ("generate", generate, "write a video from a prompt image and latent actions"),
             ("play", play, "play a Genie world with the keyboard (pygame)"),
-            ("export", export, "package a trained run: weights-only checkpoints + prompt frames")):
+            ("export", export, "package a trained run: weights-only checkpoints + prompt frames"),
+            ("eval", evaluate, "world-model quality on held-out episodes: PSNR, SSIM, delta-t PSNR, video")):
         p = sub.add_parser(name, help=help_text)
         module.add_arguments(p)
         p.set_defaults(func=module.run)

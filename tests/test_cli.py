@@ -22,12 +22,13 @@ def test_pipeline_runs_end_to_end_and_skips_finished_stages(tmp_path, capsys):
         assert load_checkpoint(out / kind / "latest.pt")["step"] == 3
         load_model(out / kind / "latest.pt", kind)
     results = json.loads((out / "results.json").read_text())
-    assert 0 < results["tokenizer reconstruction PSNR (dB)"] < 60
-    assert "delta-t PSNR at t=4 (dB)" in results
+    assert 0 < results["tokenizer PSNR (dB)"] < 60 and 0 < results["tokenizer SSIM"] <= 1
+    assert "delta-t PSNR at t=4 (dB)" in results and len(results["rollout PSNR by t, inferred actions (dB)"]) == 7
+    assert 0 <= results["LAM vs true actions: accuracy"] <= 1
     video = read_video(results["video"])
     assert video.shape[0] == 8 and video.shape[2] == 3 * video.shape[1]  # truth | inferred | random
     printed = capsys.readouterr().out
-    assert "rollout PSNR" in printed
+    assert "delta-t PSNR at t=4" in printed
     mtime = (out / "tokenizer" / "latest.pt").stat().st_mtime
     assert main(argv) == 0  # a second run finds every stage done
     assert (out / "tokenizer" / "latest.pt").stat().st_mtime == mtime

@@ -7,16 +7,12 @@ is skipped, so an interrupted pipeline picks up where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-import torch
-
 from genie_env.checkpoint import load_model
-from genie_env.data.h5 import ClipDataset
-from genie_env.metrics import psnr_per_frame, rollout
-from genie_env.video import write_video
+from genie_env.device import resolve_device
+from genie_env.evaluate import evaluate, format_table
 from trainers import train_dynamics, train_lam, train_tokenizer
 
 log = logging.getLogger("genie_env.pipeline")
@@ -62,48 +58,9 @@ def run(args: argparse.Namespace) -> int:
         train_dynamics.parser(), configs / "dynamics_config.yaml", args,
         ["--tokenizer_path", str(tok_path), "--lam_path", str(lam_path)]))
 
-    results = evaluate(tok_path, lam_path, dyn_path, args.data_dir, out, args.device, args.seed)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\n{'metric':<44} value")
-    for k, v in results.items():
-        print(f"{k:<44} {v if isinstance(v, str) else f'{v:.3f}'}")
+    dev = resolve_device(args.device)
+    models = [load_model(p, kind, dev) for p, kind in
+              ((tok_path, "tokenizer"), (lam_path, "lam"), (dyn_path, "dynamics"))]
+    results = evaluate(*models, args.data_dir, out, num_clips=16, seed=args.seed, video_name="rollout.mp4")
+    print("\n" + format_table(results))
     return 0
-
-
-@torch.no_grad()
-def evaluate(tok_path, lam_path, dyn_path, data_dir, out: Path, device: str = "auto", seed: int = 0) -> dict:
-    """Held-out numbers for the three checkpoints, and a video: truth | inferred actions | random actions."""
-    from genie_env.device import resolve_device
-    dev = resolve_device(device)
-    tok = load_model(tok_path, "tokenizer", dev)
-    lam = load_model(lam_path, "lam", dev)
-    dyn = load_model(dyn_path, "dynamics", dev)
-    val = ClipDataset(data_dir, clip_len=dyn.stage_config.data.clip_len, image_size=tok.cfg.image_size, split="val",
-                      val_fraction=dyn.stage_config.data.val_fraction, seed=dyn.stage_config.data.seed)
-    n = min(len(val), 16)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(val), generator=g)[:n].tolist()
-    video = torch.stack([val[i]["frames"] for i in idx]).to(dev)
-    recon = tok.decode(tok.encode(video))
-    actions = lam.infer_actions(video)
-    lam_pred = lam(video)["recon"]
-    gens = lambda: [torch.Generator(device=dev).manual_seed(seed + i) for i in range(n)]  # noqa: E731
-    inferred = rollout(tok, dyn, video, actions, generators=gens())
-    random_actions = torch.randint(0, dyn.cfg.num_actions, actions.shape, generator=g).to(dev)
-    randomized = rollout(tok, dyn, video, random_actions, generators=gens())
-    p_inf = psnr_per_frame(inferred, video)
-    p_rand = psnr_per_frame(randomized, video)
-    t = min(4, video.shape[1] - 1)
-    results = {
-        "held-out clips": float(n),
-        "tokenizer reconstruction PSNR (dB)": float(psnr_per_frame(recon, video).mean()),
-        "LAM next-frame PSNR (dB)": float(psnr_per_frame(lam_pred, video[:, 1:]).mean()),
-        "LAM actions used (of codebook)": float(actions.unique().numel()),
-        "rollout PSNR, inferred actions, mean t>1 (dB)": float(p_inf[1:].mean()),
-        f"rollout PSNR at t={t}, inferred actions (dB)": float(p_inf[t]),
-        f"rollout PSNR at t={t}, random actions (dB)": float(p_rand[t]),
-        f"delta-t PSNR at t={t} (dB)": float(p_inf[t] - p_rand[t]),
-    }
-    path = write_video(out / "rollout.mp4", torch.cat([video[0], inferred[0], randomized[0]], dim=-1))
-    results["video"] = str(path)
-    return results

@@ -1,0 +1,38 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genie_env.evaluate import action_agreement, ssim
+from genie_env.metrics import psnr, psnr_per_frame
+
+
+def test_psnr_of_known_errors():
+    target = torch.zeros(2, 3, 8, 8)
+    assert psnr(target + 0.1, target).item() == pytest.approx(20.0)
+    video = torch.zeros(1, 2, 3, 8, 8)
+    pred = video.clone()
+    pred[:, 1] += 0.01
+    per = psnr_per_frame(pred, video)
+    assert per[1].item() == pytest.approx(40.0) and per[0] > 90  # a perfect frame is capped, not inf
+
+
+def test_ssim_is_one_for_identical_images_and_falls_with_noise():
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 32, 32)
+    assert ssim(img, img).item() == pytest.approx(1.0)
+    noisy = [ssim((img + s * torch.randn_like(img)).clamp(0, 1), img).item() for s in (0.05, 0.2, 0.5)]
+    assert 1 > noisy[0] > noisy[1] > noisy[2]
+
+
+def test_action_agreement():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 4, 4000)
+    perfect = (true * 3 + 1) % 8  # a relabelling: every latent names one true action
+    a = action_agreement(perfect, true)
+    assert a["accuracy"] == 1.0 and abs(a["mutual information (bits)"] - 2.0) < 0.01
+    independent = action_agreement(rng.integers(0, 8, 4000), true)
+    assert independent["mutual information (bits)"] < 0.02
+    assert abs(independent["accuracy"] - independent["chance accuracy"]) < 0.05
+    assert math.isclose(a["chance accuracy"], np.bincount(true).max() / len(true))
