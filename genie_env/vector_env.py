@@ -57,24 +57,32 @@ class GenieVectorEnv(VectorEnv):
         self._needs_reset = np.zeros(num_envs, bool)
         self._started = False
 
-    def _reset_rows(self, rows: np.ndarray, seeds: list[int | None], prompts: torch.Tensor) -> np.ndarray:
-        """Reset ``rows`` exactly as GenieEnv.reset does for one env; returns the prompt indices."""
-        picks = []
+    def _reset_rows(self, rows: np.ndarray, seeds: list[int | None], prompts) -> np.ndarray:
+        """Reset ``rows`` exactly as GenieEnv.reset does for one env; returns the prompt indices.
+
+        ``prompts``: one pool (P, 3, H, W) for all rows, or a list with each env's own pool.
+        """
+        picks, frames = [], []
         for i, seed in zip(rows, seeds):
             if seed is not None:
                 self._np_randoms[i], _ = seeding.np_random(seed)
             rng = self._np_randoms[i]
-            picks.append(int(rng.integers(len(prompts))))
+            pool = prompts[i] if isinstance(prompts, list) else prompts
+            picks.append(int(rng.integers(len(pool))))
+            frames.append(pool[picks[-1]])
             self._gens[i] = torch.Generator(device=self.device).manual_seed(torch_seed(rng))
-        frames = self.world.reset(prompts[picks], rows=rows)
+        frames = self.world.reset(torch.stack(frames), rows=rows)
         self._obs[rows] = frames_to_obs(frames)
         self._steps[rows] = 0
         self._needs_reset[rows] = False
         return np.array(picks)
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
-        """Reset every env, or those in ``options["reset_mask"]``; ``options["prompt"]`` overrides
-        the prompt source for this reset."""
+        """Reset every env, or those in ``options["reset_mask"]``.
+
+        ``options["prompt"]`` overrides the prompt source for this reset: one source for all envs,
+        or a list of ``num_envs`` sources, env i drawing from the i-th.
+        """
         options = options or {}
         mask = np.asarray(options.get("reset_mask", np.ones(self.num_envs, bool)), bool)
         if mask.shape != (self.num_envs,):
@@ -87,8 +95,13 @@ class GenieVectorEnv(VectorEnv):
             seeds = list(seed)
             if len(seeds) != self.num_envs:
                 raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
-        prompts = self.prompts if options.get("prompt") is None else \
-            load_prompts(options["prompt"], self.world.image_size, "options['prompt']")
+        source = options.get("prompt")
+        if source is None:
+            prompts = self.prompts
+        elif isinstance(source, (list, tuple)) and len(source) == self.num_envs:
+            prompts = [load_prompts(p, self.world.image_size, f"options['prompt'][{i}]") for i, p in enumerate(source)]
+        else:
+            prompts = load_prompts(source, self.world.image_size, "options['prompt']")
         rows = np.flatnonzero(mask)
         picks = self._reset_rows(rows, [seeds[i] for i in rows], prompts)
         self._started = True

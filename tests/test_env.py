@@ -107,6 +107,17 @@ def test_vector_env_auto_resets_each_env(world):
     assert trunc.all() and info["final_obs"].shape == (2, 16, 16, 3)
 
 
+def test_vector_env_takes_a_prompt_per_env(world):
+    venv = gym.make_vec("Genie-v0", num_envs=3, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
+                        prompt=world["prompts"], device="cpu")
+    own = [world["prompts"][4], world["prompts"][1], world["prompts"][4]]
+    obs, _ = venv.reset(seed=0, options={"prompt": own})
+    single = make(world)
+    for i, p in enumerate(own):
+        assert np.array_equal(obs[i], single.reset(seed=i, options={"prompt": p})[0])
+    assert np.array_equal(obs[0], obs[2]) and not np.array_equal(obs[0], obs[1])
+
+
 def test_sixteen_envs_step_together(world):
     venv = gym.make_vec("Genie-v0", num_envs=16, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
                         prompt=world["prompts"], device="cpu")
