@@ -197,16 +197,22 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
     step = 0
     if latest.exists() and resume is not False:
-        ckpt = load_checkpoint(latest, kind=task.kind, map_location=dev)
+        # On the CPU: RNG states must stay there; load_state_dict moves the rest to the model.
+        ckpt = load_checkpoint(latest, kind=task.kind, map_location="cpu")
         ckpt_model.load_state_dict(ckpt["model"])
         task.load_extra_state(ckpt.get("extra", {}))
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         step = ckpt["step"]
-        if ckpt.get("rng") and ctx.world == 1:
+        rank_rng = ckpt.get("extra", {}).get("rank_rng")
+        if ctx.world == 1 and ckpt.get("rng"):
             set_rng_state(ckpt["rng"])
-        elif ckpt.get("extra", {}).get("rank_rng"):
-            set_rng_state(ckpt["extra"]["rank_rng"][ctx.rank])
+        elif rank_rng and len(rank_rng) == ctx.world:
+            set_rng_state(rank_rng[ctx.rank])
+        elif ctx.main:
+            log.warning("resuming on %d processes a run saved on %d: the data order continues, "
+                        "but the random draws are not those of an uninterrupted run",
+                        ctx.world, ckpt.get("extra", {}).get("world_size", 1))
         if ctx.main:
             log.info("resuming %s from %s at step %d", task.kind, latest, step)
     if step >= tc.max_steps:
