@@ -1,4 +1,5 @@
-"""Env stepping: cached vs full-recompute step time by context length, and batched vs single envs.
+"""Env stepping: cached vs full-recompute step time by context length, batched vs single envs,
+and the achieved FLOP/s of stepping against this machine's measured matmul FLOP/s.
 
     python benchmarks/env_step.py                     # the bundled model on the CPU
     python benchmarks/env_step.py --device cuda --tokenizer_path T --dynamics_path D
@@ -99,6 +100,24 @@ def batch_sweep(tok, dyn, prompts, dev, steps, sizes, repeats, warm_steps):
     return rows
 
 
+def matmul_flops_per_s(dev, n: int = 2048, dtype=torch.float32, repeats: int = 5) -> float:
+    """This machine's measured dense matmul rate: the ceiling the env's rate is compared with."""
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    return 2 * n ** 3 / timed(lambda: a @ b, dev, repeats)
+
+
+@torch.no_grad()
+def step_flops(tok, dyn, prompts, dev, steps, n) -> float:
+    """FLOPs of one batched step of n worlds, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    world = World(tok, dyn, n, dev, steps)
+    world.reset(prompts[torch.arange(n) % len(prompts)].to(dev))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        world.step(torch.zeros(n, dtype=torch.long, device=dev))
+    return float(counter.get_total_flops())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer_path", default=None)
@@ -124,11 +143,16 @@ def main() -> None:
     for ctx, c, r in rows:
         print(f"| {ctx} | {c * 1e3:.1f} | {r * 1e3:.1f} | {c / base:.2f} | {r / c:.2f} |")
     print("\n## Batched worlds vs single worlds stepped in turn\n")
-    print("| N | batched frames/s | N singles in turn, frames/s | ratio |")
-    print("|---|---|---|---|")
+    peak = matmul_flops_per_s(dev)
+    print("| N | batched frames/s | N singles in turn, frames/s | ratio | GFLOP/frame | achieved GFLOP/s | of matmul peak |")
+    print("|---|---|---|---|---|---|---|")
     for n, batched, single in batch_sweep(tok, dyn, prompts, dev, steps, [int(s) for s in args.sizes.split(",")],
                                           args.repeats, dyn.cfg.max_frames):
-        print(f"| {n} | {batched:.1f} | {single:.1f} | {batched / single:.2f} |")
+        per_frame = step_flops(tok, dyn, prompts, dev, steps, n) / n
+        achieved = per_frame * batched
+        print(f"| {n} | {batched:.1f} | {single:.1f} | {batched / single:.2f} | {per_frame / 1e9:.3f} | "
+              f"{achieved / 1e9:.1f} | {achieved / peak:.1%} |")
+    print(f"\nMeasured fp32 matmul (2048x2048) on this machine: {peak / 1e9:.0f} GFLOP/s.")
 
 
 if __name__ == "__main__":
