@@ -1,16 +1,20 @@
 import os
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
-from genie_env.checkpoint import save_checkpoint
-from genie_env.config import StageConfig
-from genie_env.models import DynamicsModel, VideoTokenizer
-from tests.tiny import dynamics_cfg, tokenizer_cfg
-
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 torch.set_num_threads(2)
+
+
+def write_h5(path, **arrays):
+    """Write each keyword as a dataset of a new H5 file at ``path``; returns the path."""
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +37,11 @@ def coinrun_clips(coinrun_dir):
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """Tiny random-weight checkpoints (16x16 frames, 4x4 tokens, a 4-frame window) and prompts."""
+    # Imported here so that the data tests do not depend on the models.
+    from genie_env.checkpoint import save_checkpoint
+    from genie_env.config import StageConfig
+    from genie_env.models import DynamicsModel, VideoTokenizer
+    from tests.tiny import dynamics_cfg, tokenizer_cfg
     d = tmp_path_factory.mktemp("world")
     torch.manual_seed(0)
     tok = VideoTokenizer(tokenizer_cfg(max_frames=4))
