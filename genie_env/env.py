@@ -14,6 +14,12 @@ Reward and termination
     termination head's probability > 0.5 when there is one, else False. ``truncated`` after
     ``max_episode_steps`` steps (``gym.make`` sets 1000, CoinRun's own time limit).
 
+Speed
+    ``dtype`` ('float32' by default, 'bfloat16', or 'float16' on a GPU) is the inference
+    precision: bfloat16 steps large batches faster but is less exact (README); ``compile=True`` (or a ``torch.compile`` mode such as
+    "reduce-overhead") runs each frame's transformer steps through ``torch.compile`` (seconds to
+    compile at the first steps, faster after: see BENCHMARKS.md).
+
 info
     ``tokens`` (the frame's tokens, int64), ``context_length`` (frames in the model's window),
     and ``done_prob`` / ``learned_reward`` when the model has the heads.
@@ -52,13 +58,26 @@ def load_world(tokenizer_path=None, dynamics_path=None, device="cpu"):
 
 
 def make_world(tokenizer_path, dynamics_path, prompt, device, batch_size: int,
-               maskgit_steps: int | None, temperature: float | None):
+               maskgit_steps: int | None, temperature: float | None, dtype="float32", compile: bool | str = False):
     """(device, World, prompt frames) for an env: bundled model and prompts where left None."""
     dev = resolve_device(device)
     tok, dyn = load_world(tokenizer_path, dynamics_path, dev)
-    world = World(tok, dyn, batch_size, dev, maskgit_steps, temperature)
+    world = World(tok, dyn, batch_size, dev, maskgit_steps, temperature, dtype, compile)
     prompts = load_prompts(prompt if prompt is not None else bundled_paths()["prompts"], world.image_size)
     return dev, world, prompts
+
+
+def add_world_arguments(p) -> None:
+    """The command-line options that pick and tune a world, shared by ``generate`` and ``play``."""
+    p.add_argument("--tokenizer_path", default=None, help="default: the bundled CoinRun tokenizer")
+    p.add_argument("--dynamics_path", default=None, help="default: the bundled CoinRun dynamics model")
+    p.add_argument("--prompt", default=None, help="an image, an H5 file or a folder of them (default: bundled)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--maskgit_steps", type=int, default=None, help="default: the checkpoint's")
+    p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (faster in batches, less exact)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the per-frame steps (slow first steps); MODE e.g. reduce-overhead")
 
 
 def _as_frames(x: np.ndarray, where: str) -> np.ndarray:
@@ -177,12 +196,13 @@ class GenieEnv(gym.Env):
                  lam_path: str | Path | None = None, prompt: Any = None, device: str = "auto",
                  maskgit_steps: int | None = None, temperature: float | None = None,
                  max_episode_steps: int | None = None, render_mode: str | None = None,
-                 reward_fn: Callable[[np.ndarray, int, np.ndarray], float] | None = None):
+                 reward_fn: Callable[[np.ndarray, int, np.ndarray], float] | None = None,
+                 dtype: str = "float32", compile: bool | str = False):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
         self.device, self.world, self.prompts = make_world(tokenizer_path, dynamics_path, prompt, device, 1,
-                                                           maskgit_steps, temperature)
+                                                           maskgit_steps, temperature, dtype, compile)
         self.lam_path = lam_path  # the LAM is not needed to step; kept for tools that label prompts
         self.reward_fn = reward_fn
         self.max_episode_steps = max_episode_steps

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from genie_env.checkpoint import load_model
 from genie_env.data.h5 import ClipDataset
-from genie_env.device import resolve_device
+from genie_env.device import resolve_device, resolve_dtype
 from genie_env.env import bundled_paths
 from genie_env.metrics import psnr_per_frame, rollout
 from genie_env.video import write_video
@@ -83,7 +83,7 @@ def evaluate(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | None = No
         items = [val[i] for i in idx[start:start + batch]]
         video = torch.stack([it["frames"] for it in items]).to(dev)
         n = video.shape[0]
-        recon = tokenizer.decode(tokenizer.encode(video))
+        recon = tokenizer.decode(tokenizer.encode(video.to(next(tokenizer.parameters()).dtype))).float()
         lam_out = lam.eval()(video)
         actions = lam_out["actions"]
         gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]
@@ -155,14 +155,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32",
+                   help="precision of the tokenizer and dynamics model (float32, or bfloat16 to see what it costs)")
 
 
 def run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     b = bundled_paths()
-    tok = load_model(args.tokenizer_path or b["tokenizer"], "tokenizer", dev)
+    dtype = resolve_dtype(args.dtype, dev)
+    tok = load_model(args.tokenizer_path or b["tokenizer"], "tokenizer", dev).to(dtype)
     lam = load_model(args.lam_path or b["lam"], "lam", dev)
-    dyn = load_model(args.dynamics_path or b["dynamics"], "dynamics", dev)
+    dyn = load_model(args.dynamics_path or b["dynamics"], "dynamics", dev).to(dtype)
     results = evaluate(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,
                        None if args.split == "all" else args.split, args.seed)
     print(format_table(results))

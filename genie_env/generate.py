@@ -14,7 +14,7 @@ import logging
 import torch
 
 from genie_env.device import resolve_device
-from genie_env.env import bundled_paths, frames_to_obs, load_prompts, load_world
+from genie_env.env import add_world_arguments, bundled_paths, frames_to_obs, load_prompts, load_world
 from genie_env.video import write_video
 from genie_env.world import World
 
@@ -35,16 +35,11 @@ def parse_actions(text: str, num_actions: int) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", default=None, help="an image, an H5 file or a folder of images (default: bundled)")
+    add_world_arguments(p)
     p.add_argument("--actions", default="0,1,2,3,4,5,6,7", help="comma-separated latent actions, repeated")
-    p.add_argument("--tokenizer_path", default=None)
     p.add_argument("--lam_path", default=None, help="accepted for the seed's command; generating needs no LAM")
-    p.add_argument("--dynamics_path", default=None)
     p.add_argument("--output", default="output.mp4", help=".mp4 (PyAV) or .gif")
     p.add_argument("--num_frames", type=int, default=16, help="frames in the video, the prompt included")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--maskgit_steps", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=10)
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the written frames")
@@ -57,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     tok, dyn = load_world(args.tokenizer_path, args.dynamics_path, dev)
     actions = parse_actions(args.actions, dyn.cfg.num_actions)
-    world = World(tok, dyn, 1, dev, args.maskgit_steps, args.temperature)
+    world = World(tok, dyn, 1, dev, args.maskgit_steps, args.temperature, args.dtype, args.compile)
     prompts = load_prompts(args.prompt if args.prompt is not None else bundled_paths()["prompts"],
                            world.image_size, args.prompt or "bundled prompts")
     gen = torch.Generator(device=dev).manual_seed(args.seed)

@@ -19,7 +19,8 @@ def psnr_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def rollout(tokenizer, dynamics, video: torch.Tensor, actions: torch.Tensor, steps: int | None = None,
             temperature: float | None = None, generators=None) -> torch.Tensor:
-    """Generate video (B, T, C, H, W) from its first frame and ``actions`` (B, T-1), decoded to pixels."""
-    tokens = tokenizer.encode(video[:, :1])
+    """Generate video (B, T, C, H, W) from its first frame and ``actions`` (B, T-1), decoded to
+    float32 pixels, at the tokenizer's and dynamics model's own precision."""
+    tokens = tokenizer.encode(video[:, :1].to(next(tokenizer.parameters()).dtype))
     gen = dynamics.generate(tokens, actions, steps=steps, temperature=temperature, generators=generators)
-    return tokenizer.decode(gen)
+    return tokenizer.decode(gen).float()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genie_env.env import add_world_arguments
+
 DEFAULT_MAP = {"left": 0, "right": 1, "up": 2, "down": 3, "noop": 0}
 
 
@@ -130,12 +132,7 @@ def play(env, scale: int = 8, record: str | Path = "genie_play.mp4", fps: int = 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tokenizer_path", default=None)
-    p.add_argument("--dynamics_path", default=None)
-    p.add_argument("--prompt", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--maskgit_steps", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None)
+    add_world_arguments(p)
     p.add_argument("--scale", type=int, default=8, help="window pixels per frame pixel")
     p.add_argument("--fps", type=int, default=10, help="frame-rate cap")
     p.add_argument("--record", default="genie_play.mp4", help="where the v key writes its recording")
@@ -148,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     import genie_env  # noqa: F401
     env = gym.make("Genie-v0", tokenizer_path=args.tokenizer_path, dynamics_path=args.dynamics_path,
                    prompt=args.prompt, device=args.device, maskgit_steps=args.maskgit_steps,
-                   temperature=args.temperature)
+                   temperature=args.temperature, dtype=args.dtype, compile=args.compile)
     if args.seed is not None:
         env.reset(seed=args.seed)
     stats = play(env, args.scale, args.record, args.fps, action_map=load_action_map(args.dynamics_path))

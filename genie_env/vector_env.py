@@ -31,7 +31,8 @@ class GenieVectorEnv(VectorEnv):
                  temperature: float | None = None, max_episode_steps: int | None = None,
                  render_mode: str | None = None,
                  reward_fn: Callable[[np.ndarray, int, np.ndarray], float] | None = None,
-                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP):
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+                 dtype: str = "float32", compile: bool | str = False):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if render_mode not in (None, "rgb_array"):
@@ -41,7 +42,7 @@ class GenieVectorEnv(VectorEnv):
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.device, self.world, self.prompts = make_world(tokenizer_path, dynamics_path, prompt, device,
-                                                           num_envs, maskgit_steps, temperature)
+                                                           num_envs, maskgit_steps, temperature, dtype, compile)
         self.lam_path = lam_path
         self.reward_fn = reward_fn
         self.max_episode_steps = max_episode_steps

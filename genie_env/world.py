@@ -6,6 +6,13 @@ tokenizer decoder's cache: a step processes only the new frame, so its cost does
 the episode (the caches are ring buffers of ``max_frames - 1`` frames). Rows reset independently
 (a vector env's auto-reset), and every random draw of a row comes from its own
 ``torch.Generator``, so a row's frames do not depend on the rest of the batch.
+
+``dtype`` is the inference precision: the world casts its models' weights (and so its caches)
+to it (float32 by default; bfloat16 is faster in large batches, less exact). Frames come back as
+float32 whatever the dtype, and MaskGIT samples from float32 probabilities. ``compile`` (True,
+or a ``torch.compile`` mode such as "reduce-overhead", which uses CUDA graphs on a GPU) runs the
+per-frame transformer steps (dynamics and decoder) through ``torch.compile``; the first steps
+then take seconds to compile.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genie_env.device import resolve_dtype
 from genie_env.models import DynamicsModel, VideoTokenizer
 
 
@@ -38,11 +46,17 @@ class World:
 
     def __init__(self, tokenizer: VideoTokenizer, dynamics: DynamicsModel, batch_size: int = 1,
                  device: torch.device | str = "cpu", maskgit_steps: int | None = None,
-                 temperature: float | None = None):
+                 temperature: float | None = None, dtype: str | torch.dtype | None = "float32",
+                 compile: bool | str = False):
         check_pair(tokenizer, dynamics)
         self.device = torch.device(device)
-        self.tokenizer = tokenizer.to(self.device).eval()
-        self.dynamics = dynamics.to(self.device).eval()
+        self.dtype = resolve_dtype(dtype, self.device)
+        # The world owns its models: they are moved and cast in place.
+        self.tokenizer = tokenizer.to(self.device, self.dtype).eval()
+        self.dynamics = dynamics.to(self.device, self.dtype).eval()
+        mode = compile if isinstance(compile, str) else None
+        self.dynamics.transformer.compile_step(bool(compile), mode=mode)
+        self.tokenizer.decoder.compile_step(bool(compile), mode=mode)
         self.batch_size = batch_size
         self.maskgit_steps = maskgit_steps or dynamics.cfg.maskgit_steps
         self.temperature = dynamics.cfg.temperature if temperature is None else temperature
@@ -52,7 +66,7 @@ class World:
         n, d = dynamics.num_tokens, dynamics.cfg.d_model
         self.dyn_cache = dynamics.new_cache(batch_size, self.device)
         self.dec_cache = tokenizer.decoder.new_cache(batch_size, self.device)
-        self.hidden = torch.zeros(batch_size, n, d, device=self.device)
+        self.hidden = torch.zeros(batch_size, n, d, device=self.device, dtype=self.dtype)
         self.tokens = torch.zeros(batch_size, n, dtype=torch.long, device=self.device)
 
     def _rows(self, rows) -> torch.Tensor:
@@ -70,12 +84,12 @@ class World:
         if prompts.shape[0] != rows.numel() or tuple(prompts.shape[1:]) != (3, *self.image_size):
             raise ValueError(f"expected {rows.numel()} prompt frames of shape (3, {self.image_size[0]}, "
                              f"{self.image_size[1]}), got {tuple(prompts.shape)}")
-        tokens = self.tokenizer.encode(prompts.to(self.device)[:, None])[:, 0]
+        tokens = self.tokenizer.encode(prompts.to(self.device, self.dtype)[:, None])[:, 0]
         dyn, dec = self.dyn_cache.subset(rows), self.dec_cache.subset(rows)
         dyn.reset()
         dec.reset()
         self.hidden[rows] = self.dynamics.observe(dyn, tokens, None)
-        frames = self.tokenizer.decode_step(tokens, dec)
+        frames = self.tokenizer.decode_step(tokens, dec).float()
         self.dyn_cache.assign(rows, dyn)
         self.dec_cache.assign(rows, dec)
         self.tokens[rows] = tokens
@@ -88,11 +102,15 @@ class World:
         ``generators``: one ``torch.Generator`` per stepped row (on this world's device), or None
         for the global RNG.
         """
-        actions = torch.as_tensor(actions, dtype=torch.long, device=self.device).reshape(-1)
-        if actions.numel() and (actions.min() < 0 or actions.max() >= self.num_actions):
-            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {actions.tolist()}")
-        full = rows is None or len(rows) == self.batch_size and \
-            torch.equal(self._rows(rows), self._rows(None))
+        # Checked on the host: a check on the device would wait for the previous step.
+        actions = torch.as_tensor(actions, dtype=torch.long).reshape(-1)
+        host = actions.cpu()
+        if host.numel() and (host.min() < 0 or host.max() >= self.num_actions):
+            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {host.tolist()}")
+        actions = actions.to(self.device, non_blocking=True)
+        if rows is not None:
+            rows = torch.as_tensor(rows, dtype=torch.long).cpu().reshape(-1)
+        full = rows is None or torch.equal(rows, torch.arange(self.batch_size))
         rows = self._rows(None if full else rows)
         dyn = self.dyn_cache if full else self.dyn_cache.subset(rows)
         dec = self.dec_cache if full else self.dec_cache.subset(rows)
@@ -101,7 +119,7 @@ class World:
             reward, done = self.dynamics.predict_reward_done(self.hidden[rows], actions)
         tokens = self.dynamics.sample_next(dyn, actions, self.maskgit_steps, self.temperature, generators)
         self.hidden[rows] = self.dynamics.observe(dyn, tokens, actions)
-        frames = self.tokenizer.decode_step(tokens, dec)
+        frames = self.tokenizer.decode_step(tokens, dec).float()
         if not full:
             self.dyn_cache.assign(rows, dyn)
             self.dec_cache.assign(rows, dec)

@@ -53,3 +53,22 @@ def test_sixteen_bundled_envs():
     assert len({o.tobytes() for o in obs}) > 1  # several prompts drawn
     obs, rewards, terminated, truncated, info = envs.step(envs.action_space.sample())
     assert obs.shape == (16, 64, 64, 3) and rewards.shape == (16,) and "done_prob" in info
+
+
+def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, capsys):
+    from genie_env.cli import main
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "8", "--out", str(out),
+                     "--device", "cpu", "--dtype", dtype]) == 0
+        results[dtype] = json.loads((out / "results.json").read_text())
+        assert (out / "side_by_side.mp4").stat().st_size > 0
+    assert "delta-t PSNR at t=4" in capsys.readouterr().out
+    fp32, bf16 = results["float32"], results["bfloat16"]
+    assert fp32["clips"] == bf16["clips"] == 8 and fp32["clip_len"] == 8
+    # real CoinRun frames through the bundled tokenizer, and bf16 costs it little
+    assert fp32["tokenizer PSNR (dB)"] > 15
+    assert abs(fp32["tokenizer PSNR (dB)"] - bf16["tokenizer PSNR (dB)"]) < 0.5
+    assert len(bf16["rollout PSNR by t, inferred actions (dB)"]) == 7
+    assert fp32["LAM vs true actions: accuracy"] == bf16["LAM vs true actions: accuracy"]  # the LAM stays fp32

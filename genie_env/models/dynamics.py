@@ -37,6 +37,9 @@ def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int
     draws a token from softmax(logits / temperature) (argmax when temperature is 0); the draws
     with the highest probability are committed and the rest stay masked, following
     n_masked = floor(N cos(pi/2 * k/steps)), so the last pass commits everything.
+
+    The schedule is computed on the host and each row's uniforms for all passes are drawn at
+    once (one call per row and frame), so a decode never waits on the device mid-frame.
     """
     if steps < 1:
         raise ValueError(f"maskgit steps must be >= 1, got {steps}")
@@ -44,25 +47,29 @@ def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int
         raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
     tokens = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    if temperature > 0:
+        # (steps, B, N): one uniform per token and pass, each row's from its own generator.
+        if generators is None:
+            uniforms = torch.rand(steps, batch, num_tokens, device=device)
+        else:
+            uniforms = torch.stack([torch.rand(steps, num_tokens, generator=g, device=device)
+                                    for g in generators], dim=1)
+    n_masked_now = num_tokens  # the schedule is the same for every row
     for k in range(steps):
         logits = logits_fn(tokens).float()
         if temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)
-            if generators is None:
-                u = torch.rand(batch, num_tokens, device=device)
-            else:
-                u = torch.stack([torch.rand(num_tokens, generator=g, device=device) for g in generators])
-            # Inverse-CDF sampling: one uniform per token, drawn from the row's own generator.
+            # Inverse-CDF sampling of each token from its uniform.
             cdf = probs.cumsum(dim=-1)
-            sampled = torch.searchsorted(cdf, u.unsqueeze(-1)).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+            sampled = torch.searchsorted(cdf, uniforms[k].unsqueeze(-1)).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
         else:
             probs = torch.softmax(logits, dim=-1)
             sampled = logits.argmax(dim=-1)
         confidence = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
         confidence = confidence.masked_fill(~masked, float("inf"))
-        n_masked_now = int(masked[0].sum())  # the schedule is the same for every row
         n_keep_masked = math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps))
         n_keep_masked = max(0, min(n_keep_masked, n_masked_now - 1))
+        n_masked_now = n_keep_masked
         order = confidence.argsort(dim=-1)  # least confident first
         still_masked = torch.zeros_like(masked)
         still_masked.scatter_(1, order[:, :n_keep_masked], True)

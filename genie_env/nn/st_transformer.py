@@ -190,6 +190,7 @@ class STTransformer(nn.Module):
         self.norm_out = nn.LayerNorm(dim)
         self.qk_dim = self.blocks[0].temporal.qk_dim
         self.v_dim = self.blocks[0].temporal.v_dim
+        self._compiled_step = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, N, D) -> (B, T, N, D); frame t sees frames <= t only (when causal)."""
@@ -218,6 +219,18 @@ class STTransformer(nn.Module):
         """
         if not self.causal:
             raise RuntimeError("step() needs a causal STTransformer")
+        return (self._compiled_step or self._step)(x, cache, commit)
+
+    def compile_step(self, enable: bool = True, **kwargs) -> None:
+        """Run :meth:`step` through ``torch.compile`` from now on (``kwargs`` go to it), or,
+        with ``enable=False``, eagerly again.
+
+        A step is many small kernels over one frame; fusing them is what compiling buys
+        (measured in BENCHMARKS.md). The first calls at each batch size pay the compile time.
+        """
+        self._compiled_step = torch.compile(self._step, **kwargs) if enable else None
+
+    def _step(self, x: torch.Tensor, cache: TemporalKVCache, commit: bool) -> torch.Tensor:
         cos, sin = rotary_cos_sin(cache.pos, self.qk_dim)
         slot = cache.pos % cache.slots if commit else None
         x = x + self.spatial_pos
