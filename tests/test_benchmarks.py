@@ -1,0 +1,38 @@
+"""The benchmark scripts run (tiny settings): BENCHMARKS.md's commands must not rot."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_env_step_benchmark_prints_its_tables():
+    out = run("benchmarks/env_step.py", "--context", "3", "--sizes", "1,2", "--repeats", "1", "--warm_steps", "1")
+    assert "window widened" not in out  # the bundled window already holds 3 + 1 frames
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    # context 1..3, then N = 1, 2 batched worlds, then N = 1, 2 through gym.make_vec
+    assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2", "| 3", "| 1", "| 2", "| 1", "| 2"]
+    assert all(float(r.split(" | ")[1]) > 0 for r in rows)
+    assert "matmul (2048x2048) on this machine" in out and "gym.make_vec" in out
+
+
+def test_train_step_benchmark_measures_each_tiny_stage():
+    out = run("benchmarks/train_step.py", "--preset", "tiny", "--steps", "1", "--batch_size", "2")
+    for kind in ("tokenizer", "lam", "dynamics"):
+        row = next(line for line in out.splitlines() if f"configs/tiny/{kind}_config.yaml" in line)
+        assert "error" not in row and float(row.split(" | ")[3]) > 0  # step seconds
+
+
+def test_env_step_benchmark_builds_the_seed_size_models():
+    out = run("benchmarks/env_step.py", "--preset", "seed", "--maskgit_steps", "1", "--context", "1",
+              "--sizes", "1", "--warm_steps", "0", "--repeats", "1")
+    assert "seed model (143.4M-parameter dynamics)" in out
+    flops_per_frame = float(next(line for line in out.splitlines() if line.startswith("| 1 |") and "%" in line)
+                            .split(" | ")[4])
+    assert 150 < flops_per_frame < 200  # 1 MaskGIT pass + observing the frame + decoding it, in GFLOP
