@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks that BENCHMARKS.md asks for: the default (seed-size) dynamics model at its
 # 25 MaskGIT steps, single and batched, bf16, eager / torch.compile / CUDA graphs, and seed-size
-# training at the seed batch. Needs one CUDA GPU; prints Markdown tables.
+# training at the seed batch (one step on random inputs, and the three trainers end to end). Needs one CUDA GPU; prints Markdown tables.
 #   bash benchmarks/run_gpu.sh | tee gpu_results.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,3 +14,4 @@ run python benchmarks/env_step.py --device cuda --context 0
 run python benchmarks/train_step.py --preset seed --device cuda --batch_size 16 --bf16 --grad_checkpointing
 run python benchmarks/train_step.py --preset seed --device cuda --batch_size 16 --bf16
 run python benchmarks/train_step.py --preset tiny --device cuda --bf16
+run python benchmarks/trainers.py --preset seed --device cuda --batch_size 16 --steps 50 --extra "--grad_checkpointing"

@@ -241,3 +241,15 @@ def test_export_packages_a_playable_world(trained, coinrun_dir, tmp_path):
                    prompt=out / "prompts", device="cpu")
     obs, _ = env.reset(seed=0)
     assert env.step(1)[0].shape == obs.shape == (32, 32, 3)
+
+
+def test_tensorboard_gets_throughput_and_peak_memory(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    for kind in ("tokenizer", "dynamics"):
+        events = EventAccumulator(str(trained["out"] / kind / "tb"))
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        assert {"train/frames_per_s", "train/peak_memory_GiB", "train/loss"} <= set(tags)
+        peak = [e.value for e in events.Scalars("train/peak_memory_GiB")]
+        assert 0.05 < peak[-1] < 24 and peak == sorted(peak)  # a running peak never falls
+        assert all(e.value > 0 for e in events.Scalars("train/frames_per_s"))

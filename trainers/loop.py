@@ -154,6 +154,14 @@ def check_writable(run_dir: Path) -> None:
                             f"pass a writable --out_dir") from e
 
 
+def peak_memory_gib(dev: torch.device) -> float:
+    """Peak memory so far: CUDA's max allocated on a GPU, the process's max RSS on the CPU."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**30
+    import resource  # POSIX only; ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def _scalars(out: dict) -> dict[str, float]:
     return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()
             if isinstance(v, torch.Tensor) and v.numel() == 1 or isinstance(v, (int, float))}
@@ -241,6 +249,7 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
                dynamic_ncols=True)
     frames_per_step = tc.batch_size * cfg.data.clip_len
     last_path = latest
+    rates: list[float] = []  # frames/s of each step run here, for the summary at the end
     t0 = time.perf_counter()
     model.train()
     try:
@@ -266,12 +275,14 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
             if ctx.main:
                 now = time.perf_counter()
                 fps = frames_per_step / max(now - t0, 1e-9)
+                rates.append(fps)
                 t0 = now
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", fps=f"{fps:.0f}")
                 if step % tc.log_every == 0 or step == tc.max_steps:
                     scalars = _scalars(out)
-                    scalars.update(lr=sched.get_last_lr()[0], grad_norm=float(grad_norm), frames_per_s=fps)
+                    scalars.update(lr=sched.get_last_lr()[0], grad_norm=float(grad_norm), frames_per_s=fps,
+                                   peak_memory_GiB=peak_memory_gib(dev))
                     for k, v in scalars.items():
                         writer.add_scalar(f"train/{k}", v, step)
                 if step % tc.eval_every == 0 or step == tc.max_steps:
@@ -292,6 +303,11 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
         bar.close()
         if writer is not None:
             writer.close()
+    if ctx.main and rates:
+        # The median skips the first steps' warm-up and the steps that ran validation or saving.
+        log.info("%s throughput: median %.1f frames/s over %d steps (batch %d x %d frames), "
+                 "peak memory %.2f GiB", task.kind, sorted(rates)[len(rates) // 2], len(rates),
+                 tc.batch_size, cfg.data.clip_len, peak_memory_gib(dev))
     return last_path
 
 
