@@ -86,7 +86,7 @@ def context_sweep(world: World, prompts, max_ctx: int, repeats: int):
     history, actions, fns = [world.tokens.clone()], [], {}
     row = torch.tensor([0], device=dev)
     for ctx in range(1, max_ctx + 1):
-        a = torch.tensor([ctx % dyn.cfg.num_actions], device=dev)
+        a = torch.tensor([ctx % dyn.cfg.num_actions])  # on the host, as an env passes it
         # Each timed step starts from its context: restore the caches (a copy, timed too).
         saved = (world.dyn_cache.subset(row), world.dec_cache.subset(row), world.hidden.clone())
 
@@ -96,7 +96,7 @@ def context_sweep(world: World, prompts, max_ctx: int, repeats: int):
             world.hidden.copy_(saved[2])
             world.step(a, generators=[gen])
 
-        def recompute(ctx_tokens=torch.stack(history, dim=1), a=a,
+        def recompute(ctx_tokens=torch.stack(history, dim=1), a=a.to(dev),
                       ctx_actions=torch.tensor([actions], dtype=torch.long, device=dev).reshape(1, -1)):
             nxt = dyn.sample_next_uncached(ctx_tokens, ctx_actions, a, steps, generators=[gen])
             window = torch.cat([ctx_tokens, nxt[:, None]], dim=1)[:, -tok.cfg.max_frames:]
@@ -120,7 +120,7 @@ def batch_sweep(tok, dyn, prompts, dev, steps, sizes, repeats, dtype, compile, w
         w = World(tok, dyn, n, dev, steps, dtype=dtype, compile=compiled)
         w.reset(prompts[torch.arange(n) % len(prompts)])
         for _ in range(warm_steps):  # by default, fill the window: steady-state steps
-            w.step(torch.arange(n, device=dev) % dyn.cfg.num_actions)
+            w.step(torch.arange(n) % dyn.cfg.num_actions)
         return w
 
     flops = {}
@@ -128,12 +128,12 @@ def batch_sweep(tok, dyn, prompts, dev, steps, sizes, repeats, dtype, compile, w
         eager = world_of(n, False)
         counter = FlopCounterMode(display=False)
         with counter:
-            eager.step(torch.zeros(n, dtype=torch.long, device=dev))
+            eager.step(torch.zeros(n, dtype=torch.long))
         flops[n] = counter.get_total_flops() / n
         del eager
     batched = {n: world_of(n, compile) for n in sizes}
     singles = [world_of(1, compile) for _ in range(max(sizes))]
-    act = torch.tensor([1], device=dev)
+    act = torch.tensor([1])  # actions on the host, as envs pass them
 
     def in_turn(n):
         for w in singles[:n]:
@@ -141,7 +141,7 @@ def batch_sweep(tok, dyn, prompts, dev, steps, sizes, repeats, dtype, compile, w
 
     fns = {}
     for n in sizes:
-        acts = torch.arange(n, device=dev) % dyn.cfg.num_actions
+        acts = torch.arange(n) % dyn.cfg.num_actions
         fns[("batched", n)] = lambda n=n, acts=acts: batched[n].step(acts)
         fns[("singles", n)] = lambda n=n: in_turn(n)
     t = interleaved(fns, dev, repeats)
@@ -237,8 +237,10 @@ def main() -> None:
     if args.context > 0:
         window = args.context + 1
         wtok, wdyn = with_window(tok, window), with_window(dyn, window)
-        widened = f" (window widened from {dyn.cfg.max_frames} to {window} frames)" if wdyn is not dyn else ""
-        print(f"## Step time by context length{widened}\n")
+        notes = [f"window widened from {dyn.cfg.max_frames} to {window} frames"] if wdyn is not dyn else []
+        if args.compile:
+            notes.append("cached steps compiled, recompute eager")
+        print(f"## Step time by context length{' (' + '; '.join(notes) + ')' if notes else ''}\n")
         print("| context frames | cached (ms) | recompute (ms) | cached / cached at 1 | recompute / cached |")
         print("|---|---|---|---|---|")
         world = World(wtok, wdyn, 1, dev, steps, dtype=dtype, compile=args.compile)
@@ -262,7 +264,10 @@ def main() -> None:
                   f"{achieved / 1e9:.1f} | {achieved / peak:.1%} |", flush=True)
         print(f"\nMeasured {dt} matmul (2048x2048) on this machine: {peak / 1e9:.0f} GFLOP/s.")
 
-    if sizes and args.gym and args.preset == "bundled":
+    if sizes and args.gym and args.preset == "bundled" and args.compile:
+        print("\n(The gym sweep is skipped with --compile: each of its envs loads and would compile its "
+              "own model.)")
+    elif sizes and args.gym and args.preset == "bundled":
         print("\n## Through Gymnasium: gym.make_vec vs gym.make envs stepped in turn\n")
         print("| N | make_vec steps/s | N make envs in turn, steps/s | ratio |")
         print("|---|---|---|---|")

@@ -1,7 +1,7 @@
 """Throughput and peak memory of the three trainers themselves, on real CoinRun clips.
 
     python benchmarks/trainers.py                                   # tiny configs, CPU
-    python benchmarks/trainers.py --preset seed --device cuda --batch_size 16 --steps 50
+    python benchmarks/trainers.py --preset seed --device cuda --batch_size 16 --steps 50 --grad_checkpointing
 
 Unlike ``train_step.py`` (one model on random inputs), this runs ``python -m trainers.train_*``
 end to end: H5 loading and resizing in the DataLoader, and for the dynamics stage the frozen
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="training steps per stage")
     p.add_argument("--batch_size", type=int, default=None, help="default: each config's")
     p.add_argument("--data_dir", default=None, help="H5 episodes (default: collect 12 CoinRun episodes)")
-    p.add_argument("--extra", default="", help="more trainer flags, e.g. '--grad_checkpointing'")
+    p.add_argument("--grad_checkpointing", action="store_true", help="passed on to the trainers")
     args = p.parse_args()
     folder = ROOT / "configs" / ("tiny" if args.preset == "tiny" else "")
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +49,7 @@ def main() -> None:
         for kind in ("tokenizer", "lam", "dynamics"):
             cmd = [sys.executable, "-m", f"trainers.train_{kind}", "--config", str(folder / f"{kind}_config.yaml"),
                    "--data_dir", str(data), "--out_dir", str(out), "--device", args.device,
-                   "--max_steps", str(args.steps), *args.extra.split()]
+                   "--max_steps", str(args.steps)] + (["--grad_checkpointing"] if args.grad_checkpointing else [])
             if args.batch_size:
                 cmd += ["--batch_size", str(args.batch_size)]
             if kind == "dynamics":

@@ -74,12 +74,28 @@ class World:
             return torch.arange(self.batch_size, device=self.device)
         return torch.as_tensor(rows, dtype=torch.long, device=self.device).reshape(-1)
 
-    @torch.inference_mode()  # cheaper per op than no_grad; a world never needs autograd
     def reset(self, prompts: torch.Tensor, rows=None) -> torch.Tensor:
         """Start ``rows`` (all when None) from prompt frames (k, 3, H, W) in [0, 1].
 
         Returns the frames as the world model sees them (the prompt through the tokenizer).
         """
+        # The work runs in inference mode, cheaper per op than no_grad; the results are copied
+        # out of it so that callers may modify them in place.
+        return self._reset(prompts, rows).clone()
+
+    def step(self, actions: torch.Tensor, rows=None, generators=None) -> StepResult:
+        """Advance ``rows`` (all when None) by one frame under ``actions`` (k,) int64.
+
+        ``generators``: one ``torch.Generator`` per stepped row (on this world's device), or None
+        for the global RNG. Actions and rows are best given on the CPU: they are checked there,
+        and device tensors would first wait for the device.
+        """
+        out = self._step(actions, rows, generators)
+        return StepResult(*(None if t is None else t.clone() for t in
+                            (out.frames, out.tokens, out.reward, out.done_prob)))
+
+    @torch.inference_mode()
+    def _reset(self, prompts: torch.Tensor, rows) -> torch.Tensor:
         rows = self._rows(rows)
         if prompts.shape[0] != rows.numel() or tuple(prompts.shape[1:]) != (3, *self.image_size):
             raise ValueError(f"expected {rows.numel()} prompt frames of shape (3, {self.image_size[0]}, "
@@ -96,12 +112,7 @@ class World:
         return frames
 
     @torch.inference_mode()
-    def step(self, actions: torch.Tensor, rows=None, generators=None) -> StepResult:
-        """Advance ``rows`` (all when None) by one frame under ``actions`` (k,) int64.
-
-        ``generators``: one ``torch.Generator`` per stepped row (on this world's device), or None
-        for the global RNG.
-        """
+    def _step(self, actions: torch.Tensor, rows, generators) -> StepResult:
         # Checked on the host: a check on the device would wait for the previous step.
         actions = torch.as_tensor(actions, dtype=torch.long).reshape(-1)
         host = actions.cpu()

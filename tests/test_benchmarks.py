@@ -39,7 +39,8 @@ def test_env_step_benchmark_builds_the_seed_size_models():
 
 
 def test_trainers_benchmark_runs_the_three_trainers(coinrun_dir):
-    out = run("benchmarks/trainers.py", "--steps", "3", "--batch_size", "2", "--data_dir", str(coinrun_dir))
+    out = run("benchmarks/trainers.py", "--steps", "3", "--batch_size", "2", "--data_dir", str(coinrun_dir),
+              "--grad_checkpointing")
     for kind in ("tokenizer", "lam", "dynamics"):
         cells = next(line for line in out.splitlines() if line.startswith(f"| train_{kind} |")).split(" | ")
         assert cells[1] == "3" and cells[2] == "2 x 8" and float(cells[3]) > 0 and float(cells[4]) > 0

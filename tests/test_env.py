@@ -241,3 +241,13 @@ def test_compiled_vector_env_matches_eager_through_partial_resets(world):
         return np.stack(out)
 
     assert np.array_equal(tokens(False), tokens(True))
+
+
+def test_world_results_are_ordinary_tensors(world):
+    env = make(world, heads=True).unwrapped
+    env.reset(seed=0)
+    frames = env.world.reset(torch.rand(1, 3, 16, 16))
+    out = env.world.step(torch.tensor([1]))
+    for t in (frames, out.frames, out.tokens, out.reward, out.done_prob):
+        assert not t.is_inference()
+        t.mul_(1)  # a caller may modify them in place

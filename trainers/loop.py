@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -158,8 +159,12 @@ def peak_memory_gib(dev: torch.device) -> float:
     """Peak memory so far: CUDA's max allocated on a GPU, the process's max RSS on the CPU."""
     if dev.type == "cuda":
         return torch.cuda.max_memory_allocated(dev) / 2**30
-    import resource  # POSIX only; ru_maxrss is in KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows has no getrusage
+        return float("nan")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def _scalars(out: dict) -> dict[str, float]:
@@ -390,7 +395,6 @@ def stage_from_args(args: argparse.Namespace, kind: str) -> StageConfig:
 
 def run_cli(main: Callable[[argparse.Namespace], Path], parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse, run, and turn the errors users can fix into one line and exit code 2."""
-    import sys
 
     from genie_env.checkpoint import CheckpointError
     from genie_env.config import ConfigError

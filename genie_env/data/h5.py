@@ -111,7 +111,8 @@ class H5Episodes:
 
     @classmethod
     def open(cls, path: str | Path) -> "H5Episodes":
-        """Check one file's layout, dtypes, array lengths and episode bounds; read no frames."""
+        """Check one file's frame layout and dtype, the optional arrays' shapes and lengths, and
+        the episode bounds; read no frames."""
         path = Path(path)
         if not path.is_file():
             raise H5DataError(f"{path}: file not found. Check the path or record episodes with `genie-env collect`.")
