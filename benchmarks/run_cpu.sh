@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU benchmark behind BENCHMARKS.md, one after another; prints Markdown tables.
-# About 7.5 minutes on the project's 2-core CPU machine (see BENCHMARKS.md for the measured time).
+# About 8 minutes on the project's 2-core CPU machine (see BENCHMARKS.md for the measured time).
 #   bash benchmarks/run_cpu.sh | tee cpu_results.md
 set -uo pipefail  # a failing command is reported and the rest still run
 cd "$(dirname "$0")/.."
