@@ -113,7 +113,8 @@ def context_sweep(world: World, prompts, max_ctx: int, repeats: int):
 @torch.no_grad()
 def batch_sweep(tok, dyn, prompts, dev, steps, sizes, repeats, dtype, compile, warm_steps):
     """Frames per second of one batched world of N vs N separate single worlds stepped one after
-    another (what N envs without batching do), and FLOPs per frame (counted eagerly: FlopCounterMode cannot see inside compiled code)."""
+    another (what N envs without batching do), and FLOPs per frame (counted eagerly:
+    FlopCounterMode cannot see inside compiled code)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     def world_of(n, compiled):
@@ -159,11 +160,6 @@ def gym_sweep(sizes, repeats, warm_steps, **kwargs):
     singles = [gym.make("Genie-v0", **kwargs) for _ in range(max(sizes))]
     for i, env in enumerate([*vecs.values(), *singles]):
         env.reset(seed=i)
-    for _ in range(warm_steps):
-        for n, env in vecs.items():
-            env.step(np.arange(n) % 8)
-        for env in singles:
-            env.step(0)
 
     def in_turn(n):
         for env in singles[:n]:
@@ -176,6 +172,10 @@ def gym_sweep(sizes, repeats, warm_steps, **kwargs):
         acts = np.arange(n) % vecs[n].single_action_space.n
         fns[("vector", n)] = lambda n=n, acts=acts: vecs[n].step(acts)
         fns[("singles", n)] = lambda n=n: in_turn(n)
+    for _ in range(warm_steps):
+        for n in sizes:
+            fns[("vector", n)]()
+        in_turn(len(singles))
     t = interleaved(fns, torch.device("cpu"), repeats)
     return [(n, n / t[("vector", n)], n / t[("singles", n)]) for n in sizes]
 

@@ -9,5 +9,5 @@ run python benchmarks/env_step.py
 run python benchmarks/env_step.py --compile --context 0 --no-gym
 run python benchmarks/env_step.py --compile --dtype bfloat16 --context 0 --no-gym
 run python benchmarks/train_step.py --preset tiny --device cpu
-run python benchmarks/trainers.py
+run python benchmarks/trainer_throughput.py
 run python benchmarks/train_step.py --preset seed --device cpu --batch_size 1 --steps 2 --grad_checkpointing

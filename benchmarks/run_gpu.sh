@@ -15,4 +15,4 @@ run python benchmarks/env_step.py --device cuda --context 0
 run python benchmarks/train_step.py --preset seed --device cuda --batch_size 16 --bf16 --grad_checkpointing
 run python benchmarks/train_step.py --preset seed --device cuda --batch_size 16 --bf16
 run python benchmarks/train_step.py --preset tiny --device cuda --bf16
-run python benchmarks/trainers.py --preset seed --device cuda --batch_size 16 --steps 50 --grad_checkpointing
+run python benchmarks/trainer_throughput.py --preset seed --device cuda --batch_size 16 --steps 50 --grad_checkpointing

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,11 +30,12 @@ def one(config: str, batch: int, steps: int, device: str, bf16: bool, ckpt: bool
     from genie_env.config import load_config
     from genie_env.models import build_model
     from genie_env.nn.st_transformer import count_parameters
+    from trainers.loop import peak_memory_gib
 
     cfg = load_config(config)
     cfg.model.grad_checkpointing = ckpt
     dev = torch.device(device)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_memory_gib(torch.device("cpu"))  # the process before the model existed
     torch.manual_seed(0)
     model = build_model(cfg.kind, cfg.model).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -64,10 +64,7 @@ def one(config: str, batch: int, steps: int, device: str, bf16: bool, ckpt: bool
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 2**20  # KiB -> GiB
+    peak = peak_memory_gib(dev) - (base if dev.type == "cpu" else 0.0)
     step = statistics.median(times)
     return {"config": config, "kind": cfg.kind, "params_M": count_parameters(model) / 1e6, "batch": batch,
             "clip_len": t, "step_s": step, "frames_per_s": batch * t / step, "peak_GiB": peak}

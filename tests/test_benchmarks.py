@@ -39,7 +39,7 @@ def test_env_step_benchmark_builds_the_seed_size_models():
 
 
 def test_trainers_benchmark_runs_the_three_trainers(coinrun_dir):
-    out = run("benchmarks/trainers.py", "--steps", "3", "--batch_size", "2", "--data_dir", str(coinrun_dir),
+    out = run("benchmarks/trainer_throughput.py", "--steps", "3", "--batch_size", "2", "--data_dir", str(coinrun_dir),
               "--grad_checkpointing")
     for kind in ("tokenizer", "lam", "dynamics"):
         cells = next(line for line in out.splitlines() if line.startswith(f"| train_{kind} |")).split(" | ")

@@ -1,7 +1,7 @@
 """Throughput and peak memory of the three trainers themselves, on real CoinRun clips.
 
-    python benchmarks/trainers.py                                   # tiny configs, CPU
-    python benchmarks/trainers.py --preset seed --device cuda --batch_size 16 --steps 50 --grad_checkpointing
+    python benchmarks/trainer_throughput.py          # tiny configs, CPU
+    python benchmarks/trainer_throughput.py --preset seed --device cuda --batch_size 16 --steps 50 --grad_checkpointing
 
 Unlike ``train_step.py`` (one model on random inputs), this runs ``python -m trainers.train_*``
 end to end: H5 loading and resizing in the DataLoader, and for the dynamics stage the frozen
@@ -64,8 +64,8 @@ def main() -> None:
                 raise SystemExit(f"train_{kind} failed (exit {res.returncode}): {tail}")
             _, fps, steps, batch, frames, peak = found.groups()
             rows.append((kind, int(steps), f"{batch} x {frames}", float(fps), float(peak), wall))
-    print(f"# trainers: {date.today()}, {platform.machine()}, device={args.device}, {args.preset} configs")
-    print(f"# command: python benchmarks/trainers.py {' '.join(sys.argv[1:])}\n")
+    print(f"# trainer_throughput: {date.today()}, {platform.machine()}, device={args.device}, {args.preset} configs")
+    print(f"# command: python benchmarks/trainer_throughput.py {' '.join(sys.argv[1:])}\n")
     print("| trainer | steps | batch x frames | frames/s (median step) | peak memory (GiB) | wall (s) |")
     print("|---|---|---|---|---|---|")
     for kind, steps, shape, fps, peak, wall in rows:
