@@ -49,7 +49,10 @@ def write_video(path: str | Path, video, fps: int = 10, scale: int = 4) -> Path:
             # yuv420p needs even sizes.
             frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
             with av.open(str(path), mode="w") as container:
-                stream = container.add_stream("libx264", rate=fps)
+                # x264's macroblock-tree rate control reads memory it never wrote on tiny frames
+                # (32x32 here), so the same frames gave different files once a decode had run in
+                # the process; without it a seed's video is the same file every time.
+                stream = container.add_stream("libx264", rate=fps, options={"x264-params": "mbtree=0"})
                 stream.width, stream.height = frames.shape[2], frames.shape[1]
                 stream.pix_fmt = "yuv420p"
                 for frame in frames:

@@ -43,6 +43,17 @@ def test_generate_writes_a_readable_video(world, prompt_png, tmp_path):
     assert np.array_equal(read_video(tmp_path / "again.mp4"), video)
 
 
+def test_mp4_of_the_same_frames_is_the_same_file(tmp_path):
+    # x264's default rate control once made tiny videos differ run to run after a decode.
+    from genie_env.video import write_video
+    frames = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    first = write_video(tmp_path / "0.mp4", frames, scale=2).read_bytes()
+    for i in range(1, 40):
+        path = write_video(tmp_path / f"{i}.mp4", frames, scale=2)
+        read_video(path)
+        assert path.read_bytes() == first, f"write {i} differs"
+
+
 def test_generate_rejects_bad_actions(world, prompt_png, tmp_path, capsys):
     argv = ["generate", "--prompt", str(prompt_png), "--tokenizer_path", str(world["tok"]),
             "--dynamics_path", str(world["dyn"]), "--device", "cpu", "--output", str(tmp_path / "o.mp4")]
