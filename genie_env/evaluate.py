@@ -83,7 +83,7 @@ def evaluate(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | None = No
         items = [val[i] for i in idx[start:start + batch]]
         video = torch.stack([it["frames"] for it in items]).to(dev)
         n = video.shape[0]
-        recon = tokenizer.decode(tokenizer.encode(video.to(next(tokenizer.parameters()).dtype))).float()
+        recon = tokenizer.decode(tokenizer.encode(video))
         lam_out = lam.eval()(video)
         actions = lam_out["actions"]
         gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]

@@ -21,6 +21,6 @@ def rollout(tokenizer, dynamics, video: torch.Tensor, actions: torch.Tensor, ste
             temperature: float | None = None, generators=None) -> torch.Tensor:
     """Generate video (B, T, C, H, W) from its first frame and ``actions`` (B, T-1), decoded to
     float32 pixels, at the tokenizer's and dynamics model's own precision."""
-    tokens = tokenizer.encode(video[:, :1].to(next(tokenizer.parameters()).dtype))
+    tokens = tokenizer.encode(video[:, :1])
     gen = dynamics.generate(tokens, actions, steps=steps, temperature=temperature, generators=generators)
-    return tokenizer.decode(gen).float()
+    return tokenizer.decode(gen)

@@ -100,12 +100,12 @@ class World:
         if prompts.shape[0] != rows.numel() or tuple(prompts.shape[1:]) != (3, *self.image_size):
             raise ValueError(f"expected {rows.numel()} prompt frames of shape (3, {self.image_size[0]}, "
                              f"{self.image_size[1]}), got {tuple(prompts.shape)}")
-        tokens = self.tokenizer.encode(prompts.to(self.device, self.dtype)[:, None])[:, 0]
+        tokens = self.tokenizer.encode(prompts.to(self.device)[:, None])[:, 0]
         dyn, dec = self.dyn_cache.subset(rows), self.dec_cache.subset(rows)
         dyn.reset()
         dec.reset()
         self.hidden[rows] = self.dynamics.observe(dyn, tokens, None)
-        frames = self.tokenizer.decode_step(tokens, dec).float()
+        frames = self.tokenizer.decode_step(tokens, dec)
         self.dyn_cache.assign(rows, dyn)
         self.dec_cache.assign(rows, dec)
         self.tokens[rows] = tokens
@@ -130,7 +130,7 @@ class World:
             reward, done = self.dynamics.predict_reward_done(self.hidden[rows], actions)
         tokens = self.dynamics.sample_next(dyn, actions, self.maskgit_steps, self.temperature, generators)
         self.hidden[rows] = self.dynamics.observe(dyn, tokens, actions)
-        frames = self.tokenizer.decode_step(tokens, dec).float()
+        frames = self.tokenizer.decode_step(tokens, dec)
         if not full:
             self.dyn_cache.assign(rows, dyn)
             self.dec_cache.assign(rows, dec)

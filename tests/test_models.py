@@ -66,6 +66,24 @@ def test_tokenizer_frame_by_frame_equals_whole_clip():
     torch.testing.assert_close(frames, tok.decode(tokens), atol=1e-5, rtol=1e-5)
 
 
+def test_bfloat16_tokenizer_takes_float32_pixels_and_returns_float32():
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg()).eval()
+    video, _ = moving_square(2, 3)
+    low = VideoTokenizer(tokenizer_cfg()).eval()
+    low.load_state_dict(tok.state_dict())
+    low = low.to(torch.bfloat16)
+    tokens = low.encode(video)  # float32 pixels into a bfloat16 model
+    assert torch.equal(tokens, low.encode(video.bfloat16()))
+    frames = low.decode(tokens)
+    assert frames.dtype == torch.float32
+    # bfloat16 keeps 8 bits of mantissa: close to float32, not equal.
+    assert (frames - tok.decode(tokens)).abs().max() < 0.05
+    enc_cache, dec_cache = low.new_caches(2)
+    assert torch.equal(low.encode_step(video[:, 0], enc_cache), tokens[:, 0])
+    assert low.decode_step(tokens[:, 0], dec_cache).dtype == torch.float32
+
+
 def test_tiny_tokenizer_overfits_a_few_clips(coinrun_clips):
     torch.manual_seed(0)
     tok = VideoTokenizer(tokenizer_cfg(image_size=(64, 64), patch_size=8, max_frames=8))

@@ -50,7 +50,12 @@ def check_video(video: torch.Tensor, image_size: tuple[int, int], channels: int,
 
 
 class VideoTokenizer(nn.Module):
-    """Video (B, T, C, H, W) in [0, 1] <-> tokens (B, T, h*w) int64."""
+    """Video (B, T, C, H, W) in [0, 1] <-> tokens (B, T, h*w) int64.
+
+    The inference methods (``encode``/``decode`` and their ``_step`` forms) take pixels of any
+    float dtype, cast them to the model's own precision, and return float32 pixels, so that a
+    bfloat16 tokenizer is a drop-in for a float32 one.
+    """
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
@@ -65,6 +70,9 @@ class VideoTokenizer(nn.Module):
         self.decoder = st_stack(cfg, cfg.dec_dim, cfg.dec_layers, cfg.dec_heads)
         self.dec_out = nn.Linear(cfg.dec_dim, patch_dim)
         init_weights(self)
+
+    def _own(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.to(self.enc_in.weight.dtype)
 
     def _to_pixels(self, h: torch.Tensor) -> torch.Tensor:
         return unpatchify(torch.sigmoid(self.dec_out(h)), self.cfg.patch_size, self.grid, self.cfg.in_channels)
@@ -84,13 +92,13 @@ class VideoTokenizer(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) in [0, 1] -> tokens (B, T, h*w) int64."""
         check_video(video, self.cfg.image_size, self.cfg.in_channels, "VideoTokenizer.encode")
-        z = self.to_code(self.encoder(self.enc_in(patchify(video, self.cfg.patch_size))))
+        z = self.to_code(self.encoder(self.enc_in(patchify(self._own(video), self.cfg.patch_size))))
         return self.vq.nearest(z)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, T, h*w) -> video (B, T, C, H, W) in [0, 1]."""
-        return self._to_pixels(self.decoder(self.dec_in(self.vq.lookup(tokens))))
+        """Tokens (B, T, h*w) -> video (B, T, C, H, W) float32 in [0, 1]."""
+        return self._to_pixels(self.decoder(self.dec_in(self.vq.lookup(tokens)))).float()
 
     def new_caches(self, batch: int, device=None, dtype=None) -> tuple[TemporalKVCache, TemporalKVCache]:
         """Empty (encoder, decoder) caches for frame-by-frame encoding and decoding."""
@@ -99,10 +107,10 @@ class VideoTokenizer(nn.Module):
     @torch.no_grad()
     def encode_step(self, frame: torch.Tensor, cache: TemporalKVCache) -> torch.Tensor:
         """One frame (B, C, H, W) after those in the encoder cache -> tokens (B, h*w)."""
-        h = self.encoder.step(self.enc_in(patchify(frame, self.cfg.patch_size)), cache, commit=True)
+        h = self.encoder.step(self.enc_in(patchify(self._own(frame), self.cfg.patch_size)), cache, commit=True)
         return self.vq.nearest(self.to_code(h))
 
     @torch.no_grad()
     def decode_step(self, tokens: torch.Tensor, cache: TemporalKVCache) -> torch.Tensor:
-        """One frame's tokens (B, h*w) after those in the decoder cache -> frame (B, C, H, W)."""
-        return self._to_pixels(self.decoder.step(self.dec_in(self.vq.lookup(tokens)), cache, commit=True))
+        """One frame's tokens (B, h*w) after those in the decoder cache -> frame (B, C, H, W) float32."""
+        return self._to_pixels(self.decoder.step(self.dec_in(self.vq.lookup(tokens)), cache, commit=True)).float()
