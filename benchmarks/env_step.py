@@ -251,14 +251,14 @@ def main() -> None:
         del world, wtok, wdyn
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    warm = args.warm_steps if args.warm_steps is not None else dyn.cfg.max_frames
     if sizes:
         peak = matmul_flops_per_s(dev, dtype)
         print("\n## Batched worlds vs single worlds stepped in turn\n")
         print("| N | batched frames/s | N singles in turn, frames/s | ratio | GFLOP/frame | achieved GFLOP/s | of matmul peak |")
         print("|---|---|---|---|---|---|---|")
         for n, batched, single, per_frame in batch_sweep(tok, dyn, prompts, dev, steps, sizes, args.repeats,
-                                                         dtype, args.compile,
-                                                         args.warm_steps if args.warm_steps is not None else dyn.cfg.max_frames):
+                                                         dtype, args.compile, warm):
             achieved = per_frame * batched
             print(f"| {n} | {batched:.1f} | {single:.1f} | {batched / single:.2f} | {per_frame / 1e9:.3f} | "
                   f"{achieved / 1e9:.1f} | {achieved / peak:.1%} |", flush=True)
@@ -271,7 +271,6 @@ def main() -> None:
         print("\n## Through Gymnasium: gym.make_vec vs gym.make envs stepped in turn\n")
         print("| N | make_vec steps/s | N make envs in turn, steps/s | ratio |")
         print("|---|---|---|---|")
-        warm = args.warm_steps if args.warm_steps is not None else dyn.cfg.max_frames
         for n, vec, single in gym_sweep(sizes, args.repeats, warm, tokenizer_path=args.tokenizer_path,
                                         dynamics_path=args.dynamics_path, device=args.device,
                                         maskgit_steps=args.maskgit_steps, dtype=args.dtype,
