@@ -80,13 +80,19 @@ class EpisodeWriter:
 
 def collect_procgen(out_dir: str | Path, env_name: str = "coinrun", num_episodes: int = 100,
                     distribution_mode: str = "hard", seed: int = 0, max_episode_steps: int | None = None,
-                    episodes_per_file: int = 10) -> list[Path]:
-    """Record ``num_episodes`` uniformly random episodes of a Procgen game; returns the files.
+                    episodes_per_file: int = 10, action_repeat: int = 1) -> list[Path]:
+    """Record ``num_episodes`` random-policy episodes of a Procgen game; returns the files.
 
     Episodes split where gym3 sets ``first``: the reward observed with a ``first`` frame belongs
     to the previous episode's last transition, which gets ``done=True``. ``max_episode_steps``
     cuts longer episodes (without a done) and starts the next one on a fresh level.
+
+    ``action_repeat`` > 1 holds each uniformly drawn action for 1..action_repeat steps (drawn
+    uniformly): a uniform agent that changes action every step mostly jitters in place, while
+    held actions run and jump, which gives a latent action model motion to explain.
     """
+    if action_repeat < 1:
+        raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
     try:
         from procgen import ProcgenGym3Env
     except ImportError as e:
@@ -101,9 +107,13 @@ def collect_procgen(out_dir: str | Path, env_name: str = "coinrun", num_episodes
     writer = EpisodeWriter(out_dir, env_name, seed, episodes_per_file)
     frames, actions, rewards, dones = [], [], [], []
     _, obs, _ = env.observe()
+    a, hold = 0, 0
     with tqdm(total=num_episodes, desc=f"collect {env_name}", unit="ep") as bar:
         while writer.episodes < num_episodes:
-            a = int(rng.integers(n_actions))
+            if hold == 0:
+                a = int(rng.integers(n_actions))
+                hold = int(rng.integers(1, action_repeat + 1)) if action_repeat > 1 else 1
+            hold -= 1
             frames.append(obs["rgb"][0].copy())  # (64, 64, 3) uint8
             actions.append(a)
             env.act(np.array([a]))
@@ -114,6 +124,7 @@ def collect_procgen(out_dir: str | Path, env_name: str = "coinrun", num_episodes
             if first[0] or cut:
                 writer.add(frames, actions, rewards, dones)
                 frames, actions, rewards, dones = [], [], [], []
+                hold = 0
                 bar.update(1)
                 if cut and not first[0]:
                     # Otherwise the next episode would begin mid-level, which no real episode does.
@@ -199,6 +210,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cut episodes at this many frames (default: the env's own limit)")
     p.add_argument("--episodes_per_file", type=int, default=10)
     p.add_argument("--distribution_mode", default="hard", help="Procgen difficulty (default: hard)")
+    p.add_argument("--action_repeat", type=int, default=1,
+                   help="Procgen: hold each random action for 1..N steps (default: 1, a new action every step)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max_episode_steps must be >= 1, got {args.max_episode_steps}")
     if args.env in PROCGEN_GAMES:
         collect_procgen(args.out, args.env, args.episodes, args.distribution_mode, args.seed,
-                        args.max_episode_steps, args.episodes_per_file)
+                        args.max_episode_steps, args.episodes_per_file, args.action_repeat)
     else:
         collect_gymnasium(args.out, args.env, args.episodes, args.seed, args.max_episode_steps,
                           args.episodes_per_file)
