@@ -1,7 +1,9 @@
 import torch
 import torch.nn.functional as F
 
-from genie_env.nn.vq import VectorQuantizer
+import pytest
+
+from genie_env.nn.vq import FiniteScalarQuantizer, VectorQuantizer, restore_reseeded_codes
 
 
 def test_picks_the_nearest_unit_code():
@@ -39,11 +41,16 @@ def test_loss_pulls_codebook_and_commitment():
     torch.testing.assert_close(stats["loss"].detach(), 1.25 * F.mse_loss(e, zn))
 
 
-def test_dead_codes_are_reseeded_from_the_batch():
+def test_dead_codes_are_reseeded_from_the_batch_away_from_live_codes():
     torch.manual_seed(0)
-    vq = VectorQuantizer(8, 4, dead_code_steps=3).train()
-    # Every vector lies next to code 0, so codes 1..7 go unused.
-    batch = vq.codes()[0].detach() + 0.01 * torch.randn(64, 4)
+    vq = VectorQuantizer(8, 4, dead_code_steps=3, kmeans_init=False).train()
+    e1, e2 = torch.eye(4)[0], torch.eye(4)[1]
+    vq.codebook.data[0] = e1
+    vq.codebook.data[1:] = -e1 + 0.05 * torch.randn(7, 4)
+    # Every vector is nearest to code 0, so codes 1..7 go unused; 8 of the 64 lie far from it.
+    batch = e1 + 0.01 * torch.randn(64, 4)
+    far = F.normalize(e1 + 1.5 * e2, dim=0)
+    batch[:8] = far + 0.01 * torch.randn(8, 4)
     for _ in range(2):
         _, idx, stats = vq(batch)
     assert stats["usage"].item() == 1 / 8
@@ -51,11 +58,94 @@ def test_dead_codes_are_reseeded_from_the_batch():
     vq(batch)  # third unused step: codes 1..7 are re-seeded
     new = vq.codes().detach()
     assert torch.equal(new[0], old[0])
-    assert not torch.allclose(new[1:], old[1:])
-    # Each re-seeded code is one of the batch's vectors.
+    # Each re-seeded code is one of the batch's vectors, and the far group, where no code was,
+    # got one (a uniform pick would land 7 of 7 beside code 0 most of the time: 8 of 64 far).
     d = torch.cdist(new[1:], F.normalize(batch, dim=-1))
     assert d.min(dim=1).values.max() < 1e-3  # others lie >= 0.01 away
+    assert (d[:, :8].min(dim=1).values < 1e-3).any()
     assert vq.steps_unused.max() < 3
+
+
+def test_reseeded_codes_keep_their_place_and_lose_stale_adam_moments():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 4, dead_code_steps=2, kmeans_init=False).train()
+    opt = torch.optim.Adam(vq.parameters(), lr=0.1)
+    vq.codebook.data[1:] = -vq.codebook.data[0]  # all vectors go to code 0
+    batch = vq.codes()[0].detach() + 0.01 * torch.randn(64, 4)
+    for step in range(2):
+        _, _, stats = vq(batch)
+        opt.zero_grad()
+        stats["loss"].backward()
+        opt.step()
+        if step == 0:
+            assert vq.reseeded is None
+            # Pretend the dead codes once moved: their moments are non-zero.
+            opt.state[vq.codebook]["exp_avg"][1:] = 1.0
+    rows, new = vq.reseeded
+    assert rows[1:].all() and not rows[0]
+    restore_reseeded_codes(vq, opt)
+    torch.testing.assert_close(vq.codebook.data[rows], new)  # the stale step is undone
+    assert opt.state[vq.codebook]["exp_avg"][1:].abs().max() == 0
+    assert opt.state[vq.codebook]["exp_avg_sq"][1:].abs().max() == 0
+    assert opt.state[vq.codebook]["exp_avg"][0].abs().max() > 0  # the live code keeps its moments
+
+
+def test_kmeans_init_puts_every_code_on_the_data():
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(8, 16), dim=-1)
+    batch = (centres.repeat(40, 1) + 0.05 * torch.randn(320, 16))
+    vq = VectorQuantizer(8, 16).train()
+    _, idx, stats = vq(batch)
+    assert stats["usage"].item() == 1.0  # random unit codes would leave most unused
+    # Each code sits near one of the clusters.
+    near = (vq.codes().detach() @ centres.t()).max(dim=1).values
+    assert near.median() > 0.95 and near.min() > 0.5
+    assert bool(vq.initialized)
+    vq2 = VectorQuantizer(8, 16).eval()
+    vq2(batch)
+    assert not bool(vq2.initialized)  # evaluation never initialises
+
+
+def test_old_checkpoints_without_the_init_flag_load_as_initialised():
+    vq = VectorQuantizer(8, 4)
+    state = {k: v for k, v in vq.state_dict().items() if k != "initialized"}
+    fresh = VectorQuantizer(8, 4)
+    fresh.load_state_dict(state)
+    assert bool(fresh.initialized)
+
+
+def test_fsq_codes_round_trip_and_cover_every_index():
+    fsq = FiniteScalarQuantizer([8, 5, 5, 5])
+    assert fsq.num_codes == 1000 and fsq.dim == 4
+    codes = fsq.codes()
+    assert codes.shape == (1000, 4) and codes.abs().max() <= 1
+    assert torch.equal(fsq.nearest(torch.atanh(codes.clamp(-0.99, 0.99)) * 0), fsq.nearest(torch.zeros(1000, 4)))
+    # Every code is its own nearest: indices and vectors are one-to-one.
+    scale = torch.tensor([4.0, 2, 2, 2])
+    lv = torch.tensor([8.0, 5, 5, 5])
+    half = (lv - 1) * (1 - 1e-3) / 2
+    offset = torch.tensor([0.5, 0, 0, 0])
+    z = torch.atanh(((codes * scale + offset) / half).clamp(-0.999, 0.999)) - torch.atanh(offset / half)
+    assert torch.equal(fsq.nearest(z), torch.arange(1000))
+    z_q, idx, stats = fsq(z)
+    torch.testing.assert_close(z_q, codes)
+    assert stats["usage"].item() == 1.0 and stats["loss"].item() == 0
+    torch.testing.assert_close(stats["perplexity"], torch.tensor(1000.0), rtol=1e-4, atol=1e-3)
+
+
+def test_fsq_gradient_is_straight_through():
+    fsq = FiniteScalarQuantizer([5, 5])
+    z = torch.randn(10, 2, requires_grad=True)
+    z_q, _, _ = fsq(z)
+    z_q.sum().backward()
+    z2 = z.detach().clone().requires_grad_(True)
+    (fsq._bound(z2) / 2).sum().backward()
+    torch.testing.assert_close(z.grad, z2.grad)
+
+
+def test_fsq_rejects_bad_levels():
+    with pytest.raises(ValueError, match=">= 2"):
+        FiniteScalarQuantizer([8, 1])
 
 
 def test_usage_and_perplexity():

@@ -33,6 +33,7 @@ from genie_env.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from genie_env.config import StageConfig, load_config
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device
+from genie_env.nn.vq import restore_reseeded_codes
 
 log = logging.getLogger("genie_env.train")
 
@@ -275,6 +276,7 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
+            restore_reseeded_codes(model, opt)
             sched.step()
 
             if ctx.main:

@@ -32,7 +32,8 @@ class LatentActionModel(nn.Module):
         self.enc_in = nn.Linear(patch_dim, cfg.enc_dim)
         self.encoder = st_stack(cfg, cfg.enc_dim, cfg.enc_layers, cfg.enc_heads)
         self.to_action = nn.Linear(cfg.enc_dim, cfg.action_dim)
-        self.vq = VectorQuantizer(cfg.num_actions, cfg.action_dim, cfg.commitment, cfg.dead_code_steps)
+        self.vq = VectorQuantizer(cfg.num_actions, cfg.action_dim, cfg.commitment, cfg.dead_code_steps,
+                                  cfg.kmeans_init)
         self.dec_in = nn.Linear(patch_dim, cfg.dec_dim)
         self.action_in = nn.Linear(cfg.action_dim, cfg.dec_dim)
         self.decoder = st_stack(cfg, cfg.dec_dim, cfg.dec_layers, cfg.dec_heads)

@@ -14,7 +14,7 @@ from torch import nn
 
 from genie_env.config import TokenizerConfig
 from genie_env.nn.st_transformer import STTransformer, TemporalKVCache, init_weights
-from genie_env.nn.vq import VectorQuantizer
+from genie_env.nn.vq import FiniteScalarQuantizer, VectorQuantizer
 
 
 def patchify(video: torch.Tensor, patch: int) -> torch.Tensor:
@@ -64,9 +64,14 @@ class VideoTokenizer(nn.Module):
         patch_dim = cfg.patch_size ** 2 * cfg.in_channels
         self.enc_in = nn.Linear(patch_dim, cfg.enc_dim)
         self.encoder = st_stack(cfg, cfg.enc_dim, cfg.enc_layers, cfg.enc_heads)
-        self.to_code = nn.Linear(cfg.enc_dim, cfg.code_dim)
-        self.vq = VectorQuantizer(cfg.num_codes, cfg.code_dim, cfg.commitment, cfg.dead_code_steps)
-        self.dec_in = nn.Linear(cfg.code_dim, cfg.dec_dim)
+        code_dim = len(cfg.fsq_levels) if cfg.quantizer == "fsq" else cfg.code_dim
+        self.to_code = nn.Linear(cfg.enc_dim, code_dim)
+        if cfg.quantizer == "fsq":
+            self.vq = FiniteScalarQuantizer(cfg.fsq_levels)
+        else:
+            self.vq = VectorQuantizer(cfg.num_codes, cfg.code_dim, cfg.commitment, cfg.dead_code_steps,
+                                      cfg.kmeans_init)
+        self.dec_in = nn.Linear(code_dim, cfg.dec_dim)
         self.decoder = st_stack(cfg, cfg.dec_dim, cfg.dec_layers, cfg.dec_heads)
         self.dec_out = nn.Linear(cfg.dec_dim, patch_dim)
         init_weights(self)

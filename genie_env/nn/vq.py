@@ -1,5 +1,12 @@
-"""Vector quantisation: one module for the tokenizer's 1024 codes and the LAM's 8 actions."""
+"""Quantisers: one module for the tokenizer's codes and the LAM's 8 actions, and FSQ.
+
+Both map vectors (..., dim) to integer codes and back with the same interface (``forward``,
+``nearest``, ``lookup``, ``num_codes``, ``dim``), so a model can switch between them by config.
+"""
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -7,22 +14,80 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def code_stats(indices: torch.Tensor, num_codes: int, counts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Perplexity (exp of the entropy of code use) and usage (fraction of codes used) of ``indices``."""
+    if counts is None:
+        counts = torch.bincount(indices.flatten(), minlength=num_codes).float()
+    probs = counts / counts.sum().clamp(min=1)
+    perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
+    return {"perplexity": perplexity, "usage": (counts > 0).float().mean()}
+
+
+def spread_picks(x: torch.Tensor, n: int, centres: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of ``n`` rows of unit vectors x (N, D), each drawn with probability proportional to
+    its squared distance from ``centres`` and the rows already drawn (k-means++ seeding): new
+    codes land where no code is yet, and spread out instead of piling onto one spot."""
+    if centres is None or centres.shape[0] == 0:
+        first = torch.randint(0, x.shape[0], (1,), generator=generator, device=x.device)
+        picks, d2 = [first], (2 - 2 * (x @ x[first].t()).squeeze(1)).clamp(min=0)
+    else:
+        picks, d2 = [], (2 - 2 * (x @ centres.t()).max(dim=1).values).clamp(min=0)
+    while len(picks) < n:
+        pick = torch.multinomial(d2 + 1e-12, 1, generator=generator)
+        picks.append(pick)
+        d2 = torch.minimum(d2, (2 - 2 * (x @ x[pick].t()).squeeze(1)).clamp(min=0))
+    return torch.cat(picks)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k centroids of unit vectors x (N, D) by spherical k-means, seeded by k-means++ (N >= k)."""
+    c = x[spread_picks(x, k, generator=generator)]
+    for _ in range(iters):
+        assign = (x @ c.t()).argmax(dim=1)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        filled = torch.bincount(assign, minlength=k) > 0
+        c = torch.where(filled[:, None], F.normalize(sums, dim=-1), c)
+    return c
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-code quantiser on L2-normalised vectors with a straight-through gradient.
 
     Loss: ||sg(z) - e||^2 + commitment * ||z - sg(e)||^2 (van den Oord et al., 2017), on unit
-    vectors so the codebook cannot drift in scale. Codes unused for ``dead_code_steps`` training
-    steps are re-seeded from the current batch (0 disables), which keeps small codebooks such as
-    the LAM's 8 actions from collapsing. Under torch.distributed the usage counts are summed and
-    the re-seeded codes broadcast from rank 0, so every replica keeps the same codebook.
+    vectors so the codebook cannot drift in scale. Two guards against collapse:
+
+    - ``kmeans_init``: the first training batch's vectors seed the codebook by spherical k-means,
+      so every code starts where the encoder's outputs are (random unit codes mostly start far
+      from them and never win a vector).
+    - Codes unused for ``dead_code_steps`` training steps (0 disables) are re-seeded with batch
+      vectors drawn in proportion to their squared distance from the live codes (k-means++), so
+      they take new ground instead of landing on a live code and dying again. :meth:`restore_reseeded` (called by the trainer after
+      its optimizer step) puts them back where they were re-seeded and clears their Adam moments,
+      which would otherwise carry the dead code's stale momentum.
+
+    Under torch.distributed the usage counts are summed and the new codes broadcast from rank 0,
+    so every replica keeps the same codebook.
     """
 
-    def __init__(self, num_codes: int, dim: int, commitment: float = 0.25, dead_code_steps: int = 100):
+    def __init__(self, num_codes: int, dim: int, commitment: float = 0.25, dead_code_steps: int = 100,
+                 kmeans_init: bool = True):
         super().__init__()
         self.num_codes, self.dim = num_codes, dim
         self.commitment, self.dead_code_steps = commitment, dead_code_steps
         self.codebook = nn.Parameter(F.normalize(torch.randn(num_codes, dim), dim=-1))
         self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.reseeded: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, vectors) of the last re-seed
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before k-means init existed hold a trained codebook.
+        state_dict.setdefault(prefix + "initialized", torch.tensor(True))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def codes(self) -> torch.Tensor:
         """The unit-norm codebook, (num_codes, dim)."""
@@ -44,6 +109,8 @@ class VectorQuantizer(nn.Module):
         used in this batch).
         """
         z = F.normalize(z.float(), dim=-1)
+        if self.training and not bool(self.initialized):
+            self._kmeans_init(z.detach().reshape(-1, self.dim))
         codes = self.codes().float()
         indices = (z @ codes.t()).argmax(dim=-1)
         e = codes[indices]
@@ -52,16 +119,23 @@ class VectorQuantizer(nn.Module):
 
         counts = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
         if self.training:
-            if dist.is_available() and dist.is_initialized():
+            if _distributed():
                 dist.all_reduce(counts)
-            self._reset_dead_codes(counts, z.detach().reshape(-1, self.dim))
-        probs = counts / counts.sum().clamp(min=1)
-        perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
-        usage = (counts > 0).float().mean()
-        return z_q, indices, {"loss": loss, "perplexity": perplexity, "usage": usage}
+            self._reset_dead_codes(counts, z.detach().reshape(-1, self.dim), codes)
+        return z_q, indices, {"loss": loss, **code_stats(indices, self.num_codes, counts)}
 
     @torch.no_grad()
-    def _reset_dead_codes(self, counts: torch.Tensor, batch: torch.Tensor) -> None:
+    def _kmeans_init(self, batch: torch.Tensor) -> None:
+        if batch.shape[0] >= self.num_codes:
+            new = kmeans(batch, self.num_codes).to(self.codebook.dtype)
+            if _distributed():
+                dist.broadcast(new, src=0)
+            self.codebook.data.copy_(new)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _reset_dead_codes(self, counts: torch.Tensor, batch: torch.Tensor, codes: torch.Tensor) -> None:
+        self.reseeded = None
         self.steps_unused += 1
         self.steps_unused[counts > 0] = 0
         if self.dead_code_steps <= 0:
@@ -70,9 +144,97 @@ class VectorQuantizer(nn.Module):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
-        pick = torch.randint(0, batch.shape[0], (n_dead,), device=batch.device)
+        pick = spread_picks(batch, n_dead, codes[~dead])
         new = batch[pick].to(self.codebook.dtype)
-        if dist.is_available() and dist.is_initialized():
+        if _distributed():
             dist.broadcast(new, src=0)
         self.codebook.data[dead] = new
         self.steps_unused[dead] = 0
+        self.reseeded = (dead, new)
+
+    @torch.no_grad()
+    def restore_reseeded(self, optimizer: torch.optim.Optimizer) -> None:
+        """After an optimizer step: put the codes re-seeded in this step's forward back to their
+        new vectors and zero their rows of the optimizer's moments (Adam's ``exp_avg``,
+        ``exp_avg_sq``), so a re-seeded code starts afresh."""
+        if self.reseeded is None:
+            return
+        rows, new = self.reseeded
+        self.codebook.data[rows] = new
+        for value in optimizer.state.get(self.codebook, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == self.codebook.shape:
+                value[rows] = 0
+        self.reseeded = None
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ (Mentzer et al., 2023): each of ``len(levels)`` channels is bounded and rounded to
+    one of ``levels[i]`` values, and a code is the tuple of roundings: ``prod(levels)`` codes,
+    no codebook to learn and none to collapse. Straight-through rounding; no auxiliary loss.
+
+    Codes are vectors in [-1, 1]^len(levels); index = mixed-radix number of the per-channel
+    levels.
+    """
+
+    def __init__(self, levels: Sequence[int]):
+        super().__init__()
+        levels = [int(v) for v in levels]
+        if not levels or min(levels) < 2:
+            raise ValueError(f"FSQ levels must each be >= 2, got {levels}")
+        self.levels_list = levels
+        self.dim = len(levels)
+        self.num_codes = math.prod(levels)
+        self.register_buffer("levels", torch.tensor(levels), persistent=False)
+        basis = torch.cumprod(torch.tensor([1] + levels[:-1]), dim=0)
+        self.register_buffer("basis", basis, persistent=False)
+
+    def _bound(self, z: torch.Tensor) -> torch.Tensor:
+        # tanh squashes each channel into (-L/2, L/2) so that rounding yields exactly L values;
+        # for even L the range is shifted by half a step (levels -L/2 .. L/2 - 1).
+        lv = self.levels.to(z.dtype)
+        half = (lv - 1) * (1 - 1e-3) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0).to(z.dtype)
+        shift = torch.atanh(offset / half)
+        return torch.tanh(z + shift) * half - offset
+
+    def _scale(self) -> torch.Tensor:
+        return (self.levels // 2).float()
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., len(levels)) -> code vectors in [-1, 1] with a straight-through gradient."""
+        b = self._bound(z.float())
+        q = b + (torch.round(b) - b).detach()
+        return q / self._scale()
+
+    def _indices(self, q: torch.Tensor) -> torch.Tensor:
+        digits = torch.round(q * self._scale()).long() + self.levels // 2
+        return (digits * self.basis).sum(dim=-1)
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the code that each vector of z (..., len(levels)) rounds to."""
+        return self._indices(self.quantize(z))
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code vectors (..., len(levels)) in [-1, 1] for integer ``indices``."""
+        digits = (indices.unsqueeze(-1) // self.basis) % self.levels
+        return (digits - self.levels // 2).float() / self._scale()
+
+    def codes(self) -> torch.Tensor:
+        """All ``num_codes`` code vectors, (num_codes, len(levels))."""
+        return self.lookup(torch.arange(self.num_codes, device=self.levels.device))
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """z (..., len(levels)) -> (quantised z, indices (...), stats with a zero ``loss``)."""
+        z_q = self.quantize(z)
+        indices = self._indices(z_q.detach())
+        counts = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
+        if self.training and _distributed():
+            dist.all_reduce(counts)
+        return z_q, indices, {"loss": z_q.new_zeros(()), **code_stats(indices, self.num_codes, counts)}
+
+
+def restore_reseeded_codes(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Call :meth:`VectorQuantizer.restore_reseeded` on every VQ inside ``model``."""
+    for m in model.modules():
+        if isinstance(m, VectorQuantizer):
+            m.restore_reseeded(optimizer)
