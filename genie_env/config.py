@@ -46,7 +46,23 @@ class TokenizerConfig:
     qk_norm: bool = True
     commitment: float = 0.25
     dead_code_steps: int = 100
+    kmeans_init: bool = True
+    # "vq" (the paper's VQ-VAE) or "fsq" (Mentzer et al., 2023): num_codes must then equal
+    # the product of fsq_levels, and code_dim is len(fsq_levels).
+    quantizer: str = "vq"
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
     grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.quantizer not in ("vq", "fsq"):
+            raise ConfigError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.quantizer == "fsq":
+            n = 1
+            for v in self.fsq_levels:
+                n *= v
+            if n != self.num_codes:
+                raise ConfigError(f"fsq_levels {list(self.fsq_levels)} make {n} codes but num_codes is "
+                                  f"{self.num_codes}; set num_codes: {n}")
 
     @property
     def token_grid(self) -> tuple[int, int]:
@@ -73,6 +89,7 @@ class LAMConfig:
     qk_norm: bool = True
     commitment: float = 0.25
     dead_code_steps: int = 100
+    kmeans_init: bool = True
     grad_checkpointing: bool = False
 
 
@@ -92,9 +109,18 @@ class DynamicsConfig:
     qk_norm: bool = True
     mask_rate_min: float = 0.5
     mask_rate_max: float = 1.0
+    # Share of training samples whose first frames are clean and only frames from a random cut
+    # on are masked: the state every MaskGIT decode at inference starts from (1xgpt does this).
+    clean_prefix_prob: float = 0.0
     maskgit_steps: int = 25
     temperature: float = 2.0
+    # MaskGIT's annealed randomness in the commit order: Gumbel noise of this scale times
+    # (1 - k/steps) is added to the log-confidence at pass k (0: commit by confidence alone).
+    commit_noise: float = 0.0
     reward_head: bool = False
+    # The reward head learns reward / reward_scale (CoinRun pays 10 for the coin) and
+    # predicts in the data's units.
+    reward_scale: float = 1.0
     grad_checkpointing: bool = False
 
 
@@ -176,6 +202,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{where}: expected a non-empty list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

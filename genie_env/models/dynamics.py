@@ -7,7 +7,11 @@ learned "no action" embedding (index ``num_actions``). Actions are indices, so n
 back into the LAM (the paper's stop-gradient).
 
 Training masks the tokens of frames 2..T with a Bernoulli rate drawn uniformly in
-[mask_rate_min, mask_rate_max] **per sample**, with cross-entropy on the masked positions.
+[mask_rate_min, mask_rate_max] **per sample**, with cross-entropy on the masked positions. A
+share ``clean_prefix_prob`` of the samples instead keeps frames 1..c-1 clean and masks only
+frames c..T (c drawn uniformly in 2..T), the clean-past state that every decode at inference
+starts from. The optional reward/termination heads read a second, gradient-free pass over the
+clean clip (as at inference), so they train only themselves and cannot pull on the shared trunk.
 
 Generation (``sample_next``) runs ``maskgit_steps`` passes over the new frame only, against the
 temporal KV cache of the past, with random sampling at ``temperature`` and a cosine schedule
@@ -30,13 +34,17 @@ from genie_env.nn.st_transformer import STTransformer, TemporalKVCache, init_wei
 
 def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int, num_tokens: int,
                    mask_id: int, steps: int, temperature: float, device,
-                   generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+                   generators: Sequence[torch.Generator] | None = None,
+                   commit_noise: float = 0.0) -> torch.Tensor:
     """Decode one frame's tokens (B, N) from all-masked input in ``steps`` MaskGIT passes.
 
     ``logits_fn(tokens (B, N)) -> logits (B, N, V)``. At each pass every still-masked position
     draws a token from softmax(logits / temperature) (argmax when temperature is 0); the draws
     with the highest probability are committed and the rest stay masked, following
-    n_masked = floor(N cos(pi/2 * k/steps)), so the last pass commits everything.
+    n_masked = floor(N cos(pi/2 * k/steps)), so the last pass commits everything. With
+    ``commit_noise`` > 0 the commit order ranks log-probability plus Gumbel noise of scale
+    ``commit_noise * (1 - (k+1)/steps)`` (the original MaskGIT's annealed choice), drawn from each
+    row's generator after its sampling uniforms.
 
     The schedule is computed on the host and each row's uniforms for all passes are drawn at
     once (one call per row and frame), so a decode never waits on the device mid-frame.
@@ -54,6 +62,13 @@ def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int
         else:
             uniforms = torch.stack([torch.rand(steps, num_tokens, generator=g, device=device)
                                     for g in generators], dim=1)
+    if commit_noise > 0:
+        if generators is None:
+            gumbel_u = torch.rand(steps, batch, num_tokens, device=device)
+        else:
+            gumbel_u = torch.stack([torch.rand(steps, num_tokens, generator=g, device=device)
+                                    for g in generators], dim=1)
+        gumbel = -torch.log(-torch.log(gumbel_u.clamp(1e-20, 1 - 1e-7)))
     n_masked_now = num_tokens  # the schedule is the same for every row
     for k in range(steps):
         logits = logits_fn(tokens).float()
@@ -66,6 +81,8 @@ def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int
             probs = torch.softmax(logits, dim=-1)
             sampled = logits.argmax(dim=-1)
         confidence = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        if commit_noise > 0:
+            confidence = confidence.clamp(min=1e-30).log() + commit_noise * (1 - (k + 1) / steps) * gumbel[k]
         confidence = confidence.masked_fill(~masked, float("inf"))
         n_keep_masked = math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps))
         n_keep_masked = max(0, min(n_keep_masked, n_masked_now - 1))
@@ -134,6 +151,12 @@ class DynamicsModel(nn.Module):
             mask_rate = lo + (hi - lo) * torch.rand(b, device=tokens.device)
         mask = torch.rand(b, t, n, device=tokens.device) < mask_rate[:, None, None]
         mask[:, 0] = False
+        if self.cfg.clean_prefix_prob > 0 and t > 1:
+            prefix = torch.rand(b, device=tokens.device) < self.cfg.clean_prefix_prob
+            cut = torch.randint(1, t, (b,), device=tokens.device)  # first masked frame (0-based)
+            frame = torch.arange(t, device=tokens.device)
+            clean = prefix[:, None] & (frame[None, :] < cut[:, None])  # (B, T)
+            mask &= ~clean[:, :, None]
         frame_actions = self._frame_actions(actions)
         h = self.transformer(self.embed(tokens.masked_fill(mask, self.mask_id), frame_actions))
         logits = self.head(h)
@@ -143,11 +166,11 @@ class DynamicsModel(nn.Module):
         out = {"loss": ce, "ce": ce, "masked_acc": acc, "mask_rate": mask_rate, "mask": mask,
                "logits": logits.detach()}
         if self.cfg.reward_head and rewards is not None and dones is not None:
-            # The heads read the clean (unmasked) clip, as at inference, hence a second pass.
-            h_clean = self.transformer(self.embed(tokens, frame_actions))
+            with torch.no_grad():
+                h_clean = self.transformer(self.embed(tokens, frame_actions))
             head_actions = torch.cat([actions, torch.full_like(actions[:, :1], self.no_action)], dim=1)
             reward, done_logit = self._reward_done(h_clean, head_actions)
-            out["reward_loss"] = F.mse_loss(reward, rewards.float())
+            out["reward_loss"] = F.mse_loss(reward, rewards.float() / self.cfg.reward_scale)
             out["done_loss"] = F.binary_cross_entropy_with_logits(done_logit, dones.float())
             out["loss"] = ce + out["reward_loss"] + out["done_loss"]
         return out
@@ -183,7 +206,8 @@ class DynamicsModel(nn.Module):
         return maskgit_sample(
             lambda tok: self.head(self.transformer.step(self.token_emb(tok) + act, cache, commit=False)),
             action.shape[0], self.num_tokens, self.mask_id, steps or self.cfg.maskgit_steps,
-            self.cfg.temperature if temperature is None else temperature, action.device, generators)
+            self.cfg.temperature if temperature is None else temperature, action.device, generators,
+            self.cfg.commit_noise)
 
     @torch.no_grad()
     def sample_next_uncached(self, tokens: torch.Tensor, actions: torch.Tensor, action: torch.Tensor,
@@ -202,7 +226,7 @@ class DynamicsModel(nn.Module):
         return maskgit_sample(logits_fn, action.shape[0], self.num_tokens, self.mask_id,
                               steps or self.cfg.maskgit_steps,
                               self.cfg.temperature if temperature is None else temperature,
-                              action.device, generators)
+                              action.device, generators, self.cfg.commit_noise)
 
     @torch.no_grad()
     def predict_reward_done(self, hidden: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +235,7 @@ class DynamicsModel(nn.Module):
         if not self.cfg.reward_head:
             raise RuntimeError("this dynamics model was trained without reward/termination heads")
         r, d = self._reward_done(hidden, action)
-        return r, torch.sigmoid(d)
+        return r * self.cfg.reward_scale, torch.sigmoid(d)
 
     @torch.no_grad()
     def generate(self, prompt_tokens: torch.Tensor, actions: torch.Tensor,
