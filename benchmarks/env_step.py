@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from genie_env.device import resolve_device, resolve_dtype
-from genie_env.env import bundled_paths, load_prompts, load_world
+from genie_env.bundled import bundled_paths, load_world_models
+from genie_env.prompts import load_prompts
 from genie_env.world import World
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +213,7 @@ def main() -> None:
         tok, dyn = seed_models()
         prompts = torch.rand(8, 3, *tok.cfg.image_size)
     else:
-        tok, dyn = load_world(args.tokenizer_path, args.dynamics_path, dev)
+        tok, dyn = load_world_models(args.tokenizer_path, args.dynamics_path, dev)
         prompts = load_prompts(bundled_paths()["prompts"], tok.cfg.image_size)
     prompts = prompts.to(dev)
     steps = args.maskgit_steps or dyn.cfg.maskgit_steps

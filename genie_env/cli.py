@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genie-env", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from genie_env import evaluate, generate, play
+    from genie_env import evaluate, filmstrip, generate, play
     from genie_env.data import collect
     from trainers import export, pipeline
     for name, module, help_text in (
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
             ("generate", generate, "write a video from a prompt image and latent actions"),
             ("play", play, "play a Genie world with the keyboard (pygame)"),
             ("export", export, "package a trained run: weights-only checkpoints + prompt frames"),
-            ("eval", evaluate, "world-model quality on held-out episodes: PSNR, SSIM, delta-t PSNR, video")):
+            ("eval", evaluate, "world-model quality on held-out episodes: PSNR, SSIM, delta-t PSNR, video"),
+            ("filmstrip", filmstrip, "a PNG: frames under each latent action, ground truth | reconstruction | rollout")):
         p = sub.add_parser(name, help=help_text)
         module.add_arguments(p)
         p.set_defaults(func=module.run)
@@ -36,6 +37,27 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input is reported as one sentence, not a traceback.
         print(f"genie-env {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def add_world_arguments(p: argparse.ArgumentParser) -> None:
+    """The command-line options that pick and tune a world, shared by ``generate`` and ``play``."""
+    p.add_argument("--tokenizer_path", default=None, help="default: the bundled CoinRun tokenizer")
+    p.add_argument("--dynamics_path", default=None, help="default: the bundled CoinRun dynamics model")
+    p.add_argument("--prompt", default=None, help="an image, an H5 file or a folder of them (default: bundled)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--maskgit_steps", type=int, default=None, help="default: the checkpoint's")
+    p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (faster in batches, less exact)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the per-frame steps (slow first steps); MODE e.g. reduce-overhead")
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse integer flags below 1, naming the flag."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
 
 
 def info(args: argparse.Namespace) -> int:

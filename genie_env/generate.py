@@ -13,10 +13,10 @@ import logging
 
 import torch
 
-from genie_env.device import resolve_device
-from genie_env.env import add_world_arguments, bundled_paths, frames_to_obs, load_prompts, load_world
+from genie_env.bundled import make_world
+from genie_env.cli import add_world_arguments, check_positive
+from genie_env.env import frames_to_obs
 from genie_env.video import write_video
-from genie_env.world import World
 
 log = logging.getLogger("genie_env.generate")
 
@@ -37,7 +37,6 @@ def parse_actions(text: str, num_actions: int) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_world_arguments(p)
     p.add_argument("--actions", default="0,1,2,3,4,5,6,7", help="comma-separated latent actions, repeated")
-    p.add_argument("--lam_path", default=None, help="accepted for the seed's command; generating needs no LAM")
     p.add_argument("--output", default="output.mp4", help=".mp4 (PyAV) or .gif")
     p.add_argument("--num_frames", type=int, default=16, help="frames in the video, the prompt included")
     p.add_argument("--seed", type=int, default=0)
@@ -47,14 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @torch.no_grad()
 def run(args: argparse.Namespace) -> int:
-    if args.num_frames < 1:
-        raise ValueError(f"--num_frames must be >= 1, got {args.num_frames}")
-    dev = resolve_device(args.device)
-    tok, dyn = load_world(args.tokenizer_path, args.dynamics_path, dev)
-    actions = parse_actions(args.actions, dyn.cfg.num_actions)
-    world = World(tok, dyn, 1, dev, args.maskgit_steps, args.temperature, args.dtype, args.compile)
-    prompts = load_prompts(args.prompt if args.prompt is not None else bundled_paths()["prompts"],
-                           world.image_size, args.prompt or "bundled prompts")
+    check_positive(args, "num_frames", "fps", "scale")
+    dev, world, prompts = make_world(args.tokenizer_path, args.dynamics_path, args.prompt, args.device, 1,
+                                     args.maskgit_steps, args.temperature, args.dtype, args.compile)
+    actions = parse_actions(args.actions, world.num_actions)
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     frames = [world.reset(prompts[:1])]
     for k in range(args.num_frames - 1):

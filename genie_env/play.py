@@ -15,24 +15,20 @@ The window shows the frames per second and the current action.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from genie_env.env import add_world_arguments
+from genie_env.bundled import load_action_map
+from genie_env.cli import add_world_arguments, check_positive
 
 DEFAULT_MAP = {"left": 0, "right": 1, "up": 2, "down": 3, "noop": 0}
 
 
-def load_action_map(dynamics_path) -> dict[str, int]:
-    """The direction -> latent action map beside a checkpoint (or the bundled one)."""
-    from genie_env.env import ASSETS
-    path = (Path(dynamics_path).parent if dynamics_path else ASSETS) / "action_map.json"
-    if path.exists():
-        return {**DEFAULT_MAP, **json.loads(path.read_text())}
-    return dict(DEFAULT_MAP)
+def direction_map(dynamics_path) -> dict[str, int]:
+    """The direction -> latent action map beside a checkpoint (or the bundled one), else a default."""
+    return {**DEFAULT_MAP, **(load_action_map(dynamics_path) or {})}
 
 
 def key_bindings(pygame, action_map: dict[str, int], num_actions: int) -> dict[int, int]:
@@ -55,7 +51,7 @@ def play(env, scale: int = 8, record: str | Path = "genie_play.mp4", fps: int = 
     pygame.font.init()
     unwrapped = env.unwrapped
     n = unwrapped.action_space.n
-    amap = action_map or load_action_map(None)
+    amap = action_map or direction_map(None)
     bindings = key_bindings(pygame, amap, n)
     noop = amap.get("noop", 0) % n
     h, w = unwrapped.observation_space.shape[:2]
@@ -140,6 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_positive(args, "scale", "fps")
     import gymnasium as gym
 
     import genie_env  # noqa: F401
@@ -148,6 +145,6 @@ def run(args: argparse.Namespace) -> int:
                    temperature=args.temperature, dtype=args.dtype, compile=args.compile)
     if args.seed is not None:
         env.reset(seed=args.seed)
-    stats = play(env, args.scale, args.record, args.fps, action_map=load_action_map(args.dynamics_path))
+    stats = play(env, args.scale, args.record, args.fps, action_map=direction_map(args.dynamics_path))
     print(f"played {stats['steps']} steps, {stats['resets']} resets, {stats['recordings']} recordings")
     return 0

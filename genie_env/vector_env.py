@@ -18,7 +18,10 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from genie_env.env import frames_to_obs, load_prompts, make_world, torch_seed
+from genie_env.bundled import make_world
+from genie_env.env import frames_to_obs, torch_seed
+from genie_env.prompts import load_prompts
+from genie_env.world import check_episode_args, check_world_args, step_outcome
 
 
 class GenieVectorEnv(VectorEnv):
@@ -26,24 +29,21 @@ class GenieVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int = 1, tokenizer_path=None, dynamics_path=None, lam_path=None,
+    def __init__(self, num_envs: int = 1, tokenizer_path=None, dynamics_path=None,
                  prompt: Any = None, device: str = "auto", maskgit_steps: int | None = None,
                  temperature: float | None = None, max_episode_steps: int | None = None,
                  render_mode: str | None = None,
                  reward_fn: Callable[[np.ndarray, int, np.ndarray], float] | None = None,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
                  dtype: str = "float32", compile: bool | str = False):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"the vector env renders rgb_array only, got render_mode={render_mode!r}")
+        check_world_args(None, None, num_envs)
+        check_episode_args(max_episode_steps, render_mode, self.metadata["render_modes"], reward_fn)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.device, self.world, self.prompts = make_world(tokenizer_path, dynamics_path, prompt, device,
                                                            num_envs, maskgit_steps, temperature, dtype, compile)
-        self.lam_path = lam_path
         self.reward_fn = reward_fn
         self.max_episode_steps = max_episode_steps
         h, w = self.world.image_size
@@ -133,17 +133,18 @@ class GenieVectorEnv(VectorEnv):
                                   generators=[self._gens[i] for i in stepping])
             self._obs[stepping] = frames_to_obs(out.frames)
             self._steps[stepping] += 1
-            if out.reward is not None:
-                rewards[stepping] = out.reward.cpu().numpy()
-                terminated[stepping] = out.done_prob.cpu().numpy() > 0.5
-                infos["done_prob"] = np.zeros(self.num_envs)
-                infos["done_prob"][stepping] = out.done_prob.cpu().numpy()
-            if self.reward_fn is not None:
-                for j, i in enumerate(stepping):
-                    rewards[i] = float(self.reward_fn(prev[j], int(actions[i]), self._obs[i]))
-            if self.max_episode_steps is not None:
-                truncated[stepping] = self._steps[stepping] >= self.max_episode_steps
+            r, term, trunc, step_info = step_outcome(
+                out, prev, actions[stepping], self._obs[stepping], self._steps[stepping],
+                self.world.context_length.cpu().numpy()[stepping], self.reward_fn, self.max_episode_steps)
+            rewards[stepping], terminated[stepping], truncated[stepping] = r, term, trunc
+            # Gymnasium's vector info layout: key -> (num_envs, ...) values, "_key" -> which envs have one.
+            for key, value in step_info.items():
+                infos[key] = np.zeros((self.num_envs, *value.shape[1:]), value.dtype)
+                infos[key][stepping] = value
+                infos[f"_{key}"] = np.isin(np.arange(self.num_envs), stepping)
+        # Envs that reset this step show their prompt's tokens.
         infos["tokens"] = self.world.tokens.cpu().numpy().copy()
+        infos["_tokens"] = np.ones(self.num_envs, bool)
         ended = terminated | truncated
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             self._needs_reset = ended
@@ -158,5 +159,3 @@ class GenieVectorEnv(VectorEnv):
     def render(self):
         return self._obs.copy() if self.render_mode == "rgb_array" else None
 
-    def close_extras(self, **kwargs):
-        pass

@@ -10,13 +10,33 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def check_pixel_range(pixels: np.ndarray, where: str, tolerance: float = 1e-3) -> None:
+    """Float pixels must lie in [0, 1] and be finite: a 0-255 float array (a common layout) would
+    otherwise be clipped to white without a word. Raises a ValueError naming ``where``, the range
+    found and the fix."""
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"{where}: float pixels hold NaN or inf; fix or drop those frames")
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo < -tolerance or hi > 1 + tolerance:
+        hint = (" They look like 0-255 values: divide by 255, or store uint8." if hi <= 255 + tolerance and lo >= 0
+                else " Rescale them to [0, 1], or store uint8 0-255.")
+        raise ValueError(f"{where}: float pixels must lie in [0, 1], found values in [{lo:g}, {hi:g}].{hint}")
+
+
+def to_uint8(pixels):
+    """Float pixels in [0, 1] (a numpy array or a tensor) -> uint8 0-255, rounded to nearest."""
+    if isinstance(pixels, torch.Tensor):
+        return (pixels.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def to_uint8_frames(video) -> np.ndarray:
     """(T, 3, H, W) float in [0, 1] (tensor or array) or (T, H, W, 3) uint8 -> (T, H, W, 3) uint8."""
     if isinstance(video, torch.Tensor):
         video = video.detach().float().cpu().numpy()
     video = np.asarray(video)
     if video.dtype != np.uint8:
-        video = (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
+        video = to_uint8(video)
     if video.ndim == 4 and video.shape[1] == 3 and video.shape[-1] != 3:
         video = video.transpose(0, 2, 3, 1)
     if video.ndim != 4 or video.shape[-1] != 3:

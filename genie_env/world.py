@@ -16,8 +16,11 @@ then take seconds to compile.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 
 from genie_env.device import resolve_dtype
@@ -30,6 +33,61 @@ class StepResult:
     tokens: torch.Tensor  # (k, N) int64
     reward: torch.Tensor | None  # (k,) from the learned head, when the model has one
     done_prob: torch.Tensor | None  # (k,) likewise
+
+
+def check_world_args(maskgit_steps, temperature, batch_size: int = 1) -> None:
+    """Refuse sampler settings no world can use, saying what is allowed (None: the checkpoint's)."""
+    if maskgit_steps is not None and (isinstance(maskgit_steps, bool) or not isinstance(maskgit_steps, (int, np.integer))
+                                      or maskgit_steps < 1):
+        raise ValueError(f"maskgit_steps must be an integer >= 1 (or None for the checkpoint's), got {maskgit_steps!r}")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not math.isfinite(temperature) or temperature < 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy; or None for the checkpoint's), "
+                         f"got {temperature!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"the number of worlds must be an integer >= 1, got {batch_size!r}")
+
+
+def check_episode_args(max_episode_steps, render_mode, render_modes, reward_fn) -> None:
+    """The checks both Gymnasium faces make of their own arguments."""
+    if max_episode_steps is not None and (isinstance(max_episode_steps, bool)
+                                          or not isinstance(max_episode_steps, (int, np.integer))
+                                          or max_episode_steps < 1):
+        raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
+    if render_mode is not None and render_mode not in render_modes:
+        raise ValueError(f"render_mode must be one of {list(render_modes)} or None, got {render_mode!r}")
+    if reward_fn is not None and not callable(reward_fn):
+        raise ValueError(f"reward_fn must be a function (prev_obs, action, obs) -> float, got {reward_fn!r}")
+
+
+def step_outcome(out: StepResult, prev_obs: np.ndarray, actions: np.ndarray, obs: np.ndarray,
+                 steps: np.ndarray, context_length: np.ndarray,
+                 reward_fn: Callable[[np.ndarray, int, np.ndarray], float] | None = None,
+                 max_episode_steps: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Reward, termination, truncation and info of k stepped rows: the one rule that both the
+    single env and the vector env follow (DIAMOND makes them in one place too).
+
+    - reward: ``reward_fn(prev_obs, action, obs)`` when given; else the learned reward head's
+      prediction when the model has one; else 0.0.
+    - terminated: the learned termination probability > 0.5, when the model has the head.
+    - truncated: ``steps >= max_episode_steps``.
+    - info: ``tokens`` (k, N), ``context_length`` (k,), and with the heads ``learned_reward`` and
+      ``done_prob`` (k,).
+    """
+    k = len(actions)
+    info: dict[str, np.ndarray] = {"tokens": out.tokens.cpu().numpy(),
+                                   "context_length": np.asarray(context_length, np.int64)}
+    rewards = np.zeros(k, np.float64)
+    terminated = np.zeros(k, bool)
+    if out.reward is not None:
+        info["learned_reward"] = out.reward.float().cpu().numpy().astype(np.float64)
+        info["done_prob"] = out.done_prob.float().cpu().numpy().astype(np.float64)
+        rewards = info["learned_reward"].copy()
+        terminated = info["done_prob"] > 0.5
+    if reward_fn is not None:
+        rewards = np.array([float(reward_fn(p, int(a), o)) for p, a, o in zip(prev_obs, actions, obs)], np.float64)
+    truncated = np.zeros(k, bool) if max_episode_steps is None else np.asarray(steps) >= max_episode_steps
+    return rewards, terminated, truncated, info
 
 
 def check_pair(tokenizer: VideoTokenizer, dynamics: DynamicsModel, where: str = "") -> None:
@@ -49,6 +107,7 @@ class World:
                  temperature: float | None = None, dtype: str | torch.dtype | None = "float32",
                  compile: bool | str = False):
         check_pair(tokenizer, dynamics)
+        check_world_args(maskgit_steps, temperature, batch_size)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         # The world owns its models: they are moved and cast in place.
@@ -58,7 +117,7 @@ class World:
         self.dynamics.transformer.compile_step(bool(compile), mode=mode)
         self.tokenizer.decoder.compile_step(bool(compile), mode=mode)
         self.batch_size = batch_size
-        self.maskgit_steps = maskgit_steps or dynamics.cfg.maskgit_steps
+        self.maskgit_steps = dynamics.cfg.maskgit_steps if maskgit_steps is None else int(maskgit_steps)
         self.temperature = dynamics.cfg.temperature if temperature is None else temperature
         self.num_actions = dynamics.cfg.num_actions
         self.image_size = tuple(tokenizer.cfg.image_size)

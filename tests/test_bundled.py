@@ -8,7 +8,7 @@ from gymnasium.utils.env_checker import check_env
 
 import genie_env  # noqa: F401
 from genie_env.checkpoint import load_checkpoint
-from genie_env.env import bundled_paths
+from genie_env.bundled import bundled_paths
 
 
 def test_bundled_files_are_small_and_safe():

@@ -181,7 +181,7 @@ def test_real_coinrun_clips(coinrun_dir):
     ("channels", r"no axis of 1 or 3 channels"),
     ("ambiguous", r"both axis 1 and axis 3 could be the channels"),
     ("empty", r"no frames \(empty file\)"),
-    ("nan", r"NaN or inf in frames 0\.\.1"),
+    ("nan", r"frames 0\.\.1: float pixels hold NaN or inf"),
     ("actions_len", r"'actions' has 4 entries but there are 5 frames"),
     ("rewards_rank", r"'rewards' has shape \(5, 2\); expected \(5,\)"),
     ("corrupt", r"not a readable HDF5 file"),
@@ -226,8 +226,30 @@ def test_nan_is_found_when_its_clip_is_read(tmp_path):
     write_h5(tmp_path / "late_nan.h5", frames=f)
     ds = ClipDataset(tmp_path, clip_len=4, image_size=(8, 8))
     ds[0]  # opening and early clips do not read frame 10
-    with pytest.raises(H5DataError, match=r"late_nan\.h5: 'frames' has NaN or inf in frames 8\.\.11"):
+    with pytest.raises(H5DataError, match=r"late_nan\.h5: 'frames' frames 8\.\.11: float pixels hold NaN or inf"):
         ds[len(ds) - 1]
+
+
+@pytest.mark.parametrize("values, match", [
+    (255.0, r"found values in \[0, 255\]\. They look like 0-255 values: divide by 255, or store uint8"),
+    (-0.5, r"found values in \[-0\.5, 0\]\. Rescale them to \[0, 1\]"),
+])
+def test_float_frames_outside_zero_one_are_refused_not_clipped(tmp_path, values, match):
+    f = np.zeros((6, 8, 8, 3), np.float32)
+    f[2] = values
+    write_h5(tmp_path / "scaled.h5", frames=f)
+    with pytest.raises(H5DataError, match=r"scaled\.h5: 'frames' frames 0\.\.3: float pixels must lie in \[0, 1\], " + match):
+        ClipDataset(tmp_path, clip_len=4, image_size=(8, 8))[0]
+
+
+def test_float_frames_within_rounding_of_one_are_accepted_and_integers_outside_0_255_refused(tmp_path):
+    f = np.full((4, 8, 8, 3), 1.0 + 1e-6, np.float32)
+    write_h5(tmp_path / "ok.h5", frames=f)
+    assert ClipDataset(tmp_path, clip_len=4, image_size=(8, 8))[0]["frames"].max() == 1.0
+    (tmp_path / "ok.h5").unlink()
+    write_h5(tmp_path / "wide.h5", frames=np.full((4, 8, 8, 3), 300, np.int16))
+    with pytest.raises(H5DataError, match=r"wide\.h5: 'frames' frames 0\.\.3 are integers in \[300, 300\], outside 0-255"):
+        ClipDataset(tmp_path, clip_len=4, image_size=(8, 8))[0]
 
 
 def test_directory_problems(tmp_path):

@@ -11,6 +11,7 @@ import genie_env  # noqa: F401  (registers Genie-v0)
 from genie_env.checkpoint import CheckpointError, load_model, save_checkpoint
 from genie_env.config import StageConfig
 from genie_env.env import GenieEnv
+from genie_env.vector_env import GenieVectorEnv
 from genie_env.models import DynamicsModel
 from tests.tiny import dynamics_cfg
 
@@ -88,6 +89,74 @@ def test_vector_env_equals_single_envs(world):
     for i in range(3):
         frames, _ = rollout(make(world), 11 + i, actions[:, i].tolist())
         assert np.array_equal(np.stack([f[i] for f in vec_frames]), frames), f"env {i}"
+
+
+def test_vector_env_infos_equal_single_env_infos(world):
+    # One step rule: env i of a vector env reports what a single env seeded alike reports.
+    def reward_fn(prev, action, obs):
+        return float(action) + float(obs.mean() > prev.mean())
+
+    venv = gym.make_vec("Genie-v0", num_envs=3, tokenizer_path=world["tok"], dynamics_path=world["heads"],
+                        prompt=world["prompts"], device="cpu", max_episode_steps=3, reward_fn=reward_fn)
+    venv.reset(seed=5)
+    singles = [make(world, heads=True, max_episode_steps=3, reward_fn=reward_fn) for _ in range(3)]
+    for i, env in enumerate(singles):
+        env.reset(seed=5 + i)
+    live = [True] * 3  # a single env is compared until its episode ends; the vector env then resets it
+    for actions in ([0, 1, 2], [3, 3, 1], [2, 0, 1]):
+        _, rewards, terminated, truncated, infos = venv.step(np.array(actions))
+        for i, env in enumerate(singles):
+            if not live[i]:
+                continue
+            _, reward, term, trunc, info = env.step(actions[i])
+            live[i] = not (term or trunc)
+            assert (reward, term, trunc) == (rewards[i], terminated[i], truncated[i])
+            assert set(info) == {"tokens", "context_length", "learned_reward", "done_prob"}
+            for key in ("tokens", "context_length"):
+                assert np.array_equal(infos[key][i], info[key]), key
+            for key in ("learned_reward", "done_prob"):  # a batched matmul rounds differently
+                assert np.isclose(infos[key][i], info[key], rtol=1e-4, atol=1e-6), key
+            assert all(infos[f"_{key}"][i] for key in info)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(maskgit_steps=0), r"maskgit_steps must be an integer >= 1"),
+    (dict(maskgit_steps=2.5), r"maskgit_steps must be an integer >= 1"),
+    (dict(temperature=-1.0), r"temperature must be a finite number >= 0"),
+    (dict(temperature=float("nan")), r"temperature must be a finite number >= 0"),
+    (dict(max_episode_steps=0), r"max_episode_steps must be an integer >= 1"),
+    (dict(render_mode="ansi"), r"render_mode must be one of \['rgb_array', 'human'\]"),
+    (dict(reward_fn=3), r"reward_fn must be a function"),
+    (dict(dtype="int8"), r"unknown dtype 'int8'"),
+    (dict(device="tpu"), r"unknown device 'tpu'"),
+])
+def test_bad_constructor_arguments_say_what_is_allowed(world, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GenieEnv(tokenizer_path=world["tok"], dynamics_path=world["dyn"], prompt=world["prompts"],
+                 **{"device": "cpu", **kwargs})
+    vec_kwargs = {k: v for k, v in kwargs.items() if k != "render_mode"}
+    if vec_kwargs:
+        with pytest.raises(ValueError, match=match):
+            GenieVectorEnv(2, tokenizer_path=world["tok"], dynamics_path=world["dyn"], prompt=world["prompts"],
+                           **{"device": "cpu", **vec_kwargs})
+
+
+def test_vector_env_arguments_of_its_own_are_checked(world):
+    with pytest.raises(ValueError, match=r"number of worlds must be an integer >= 1, got 0"):
+        GenieVectorEnv(0, tokenizer_path=world["tok"], dynamics_path=world["dyn"], device="cpu")
+    with pytest.raises(ValueError, match=r"render_mode must be one of \['rgb_array'\]"):
+        GenieVectorEnv(2, tokenizer_path=world["tok"], dynamics_path=world["dyn"], device="cpu", render_mode="human")
+
+
+def test_float_prompts_outside_zero_one_are_refused(world):
+    env = make(world)
+    with pytest.raises(ValueError, match=r"float pixels must lie in \[0, 1\], found values in \[0, 255\]\. "
+                                         r"They look like 0-255 values: divide by 255"):
+        env.reset(options={"prompt": np.linspace(0, 255, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)})
+    with pytest.raises(ValueError, match=r"found values in \[-1, 0\.5\]\. Rescale them to \[0, 1\]"):
+        env.reset(options={"prompt": np.linspace(-1, 0.5, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)})
+    obs, _ = env.reset(options={"prompt": np.full((16, 16, 3), 0.5, np.float32)})  # in range: accepted
+    assert obs.shape == (16, 16, 3)
 
 
 def test_vector_env_auto_resets_each_env(world):

@@ -18,6 +18,7 @@ from PIL import Image
 
 from genie_env.checkpoint import load_model, save_checkpoint
 from genie_env.data.h5 import ClipDataset
+from genie_env.video import to_uint8
 
 log = logging.getLogger("genie_env.export")
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     for old in prompt_dir.glob("*.png"):
         old.unlink()
     for k, i in enumerate(picks):
-        frame = (val[i]["frames"][0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        frame = to_uint8(val[i]["frames"][0].permute(1, 2, 0).numpy())
         Image.fromarray(frame).save(prompt_dir / f"prompt_{k:02d}.png")
     try:
         amap = procgen_action_map(load_model(out / "lam.pt", "lam"), args.data_dir, dyn_stage.data.clip_len)

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.data import Dataset
 
+from genie_env.video import check_pixel_range, to_uint8
+
 log = logging.getLogger(__name__)
 
 FRAME_KEYS = ("frames", "images")
@@ -160,12 +162,17 @@ class H5Episodes:
         if not self.channels_last:
             frames = rearrange(frames, "n c h w -> n h w c")
         if self.is_float:
-            if not np.isfinite(frames).all():
-                raise H5DataError(f"{self.path}: '{self.frame_key}' has NaN or inf in frames "
-                                  f"{start}..{stop - 1}; fix or drop those frames.")
-            frames = (np.clip(frames, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+            try:
+                check_pixel_range(frames, f"{self.path}: '{self.frame_key}' frames {start}..{stop - 1}")
+            except ValueError as e:
+                raise H5DataError(str(e)) from None
+            frames = to_uint8(frames)
         elif frames.dtype != np.uint8:
-            frames = np.clip(frames, 0, 255).astype(np.uint8)
+            lo, hi = int(frames.min()), int(frames.max())
+            if lo < 0 or hi > 255:
+                raise H5DataError(f"{self.path}: '{self.frame_key}' frames {start}..{stop - 1} are integers in "
+                                  f"[{lo}, {hi}], outside 0-255; store uint8 0-255 or float 0-1.")
+            frames = frames.astype(np.uint8)
         if frames.shape[-1] == 1:
             frames = np.repeat(frames, 3, axis=-1)
         out = {"frames": frames}
