@@ -3,7 +3,7 @@
     python examples/train_agent.py                     # bundled CoinRun world, CPU, a few minutes
     python examples/train_agent.py --total_steps 200000 --num_envs 64 --device cuda
 
-The reward is ``rightward_progress`` (below): in CoinRun the coin lies to the right and the camera
+The reward is ``genie_env.metrics.rightward_progress``: in CoinRun the coin lies to the right and the camera
 follows the agent, so the scene scrolling left between frames means the agent moved right. The
 bundled model's learned reward head is there too (``reward_fn=None`` uses it), but its random-
 policy data rarely reaches the coin, so that reward is close to zero everywhere.
@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, fields
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 
 import genie_env  # noqa: F401  (registers Genie-v0)
+from genie_env.metrics import rightward_progress
 
 
 @dataclass
@@ -47,16 +47,6 @@ class Args:
     prompt: str | None = None
 
 
-def rightward_progress(prev: np.ndarray, action: int, obs: np.ndarray, max_shift: int = 4) -> float:
-    """Pixels the scene scrolled left from ``prev`` to ``obs`` (the agent moving right), in
-    [-max_shift, max_shift]: the horizontal shift that best aligns the two frames."""
-    a, b = prev.astype(np.float32), obs.astype(np.float32)
-    w = a.shape[1]
-    errs = [np.abs(a[:, s:] - b[:, : w - s]).mean() if s >= 0 else np.abs(a[:, : w + s] - b[:, -s:]).mean()
-            for s in range(-max_shift, max_shift + 1)]
-    return float(np.argmin(errs) - max_shift)
-
-
 class Agent(nn.Module):
     def __init__(self, n_actions: int):
         super().__init__()
@@ -72,11 +62,19 @@ class Agent(nn.Module):
         return torch.distributions.Categorical(logits=self.actor(h)), self.critic(h).squeeze(-1)
 
 
+def make_envs(args: Args, reward_fn=rightward_progress) -> gym.vector.VectorEnv:
+    # SAME_STEP auto-reset: the step that ends an episode returns the next episode's first frame,
+    # as CleanRL's PPO assumes. Under NEXT_STEP the step after it would ignore the action and
+    # return a reset frame, a transition the policy must not be trained on.
+    return gym.make_vec("Genie-v0", num_envs=args.num_envs, device=args.device, reward_fn=reward_fn,
+                        max_episode_steps=args.max_episode_steps, maskgit_steps=args.maskgit_steps,
+                        tokenizer_path=args.tokenizer_path, dynamics_path=args.dynamics_path, prompt=args.prompt,
+                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
 def train(args: Args) -> dict:
     torch.manual_seed(args.seed)
-    envs = gym.make_vec("Genie-v0", num_envs=args.num_envs, device=args.device, reward_fn=rightward_progress,
-                        max_episode_steps=args.max_episode_steps, maskgit_steps=args.maskgit_steps,
-                        tokenizer_path=args.tokenizer_path, dynamics_path=args.dynamics_path, prompt=args.prompt)
+    envs = make_envs(args)
     dev = envs.unwrapped.device
     agent = Agent(envs.single_action_space.n).to(dev)
     obs, _ = envs.reset(seed=args.seed)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -60,8 +62,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temp file + fsync + rename."""
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file for writing that appears at ``path`` only once it is whole: it is written to
+    a temp file in the same directory, fsynced, then renamed over ``path``. On an error the temp
+    file is removed and ``path`` keeps what it held."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -70,7 +75,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide checkpoints from a shared group
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -78,6 +83,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through :func:`atomic_open`."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` over ``dst`` through :func:`atomic_open`."""
+    with open(src, "rb") as r, atomic_open(dst) as w:
+        shutil.copyfileobj(r, w)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: StageConfig, step: int = 0,
@@ -129,6 +146,12 @@ def config_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> Stage
 
 def load_model(path: str | Path, kind: str | None = None, device: Any = "cpu") -> nn.Module:
     """Rebuild a model from its checkpoint alone (config + weights), in eval mode on ``device``."""
+    return load_model_and_config(path, kind, device)[0]
+
+
+def load_model_and_config(path: str | Path, kind: str | None = None,
+                          device: Any = "cpu") -> tuple[nn.Module, StageConfig]:
+    """:func:`load_model`, and the stage config (model, data, training) the checkpoint carries."""
     ckpt = load_checkpoint(path, kind)
     cfg = config_from_checkpoint(ckpt, path)
     model = build_model(cfg.kind, cfg.model)
@@ -137,9 +160,9 @@ def load_model(path: str | Path, kind: str | None = None, device: Any = "cpu") -
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit a {cfg.kind} built from the stored config: "
                               f"{str(e).splitlines()[0]}") from e
-    model.stage_config = cfg
-    return model.to(device).eval()
+    return model.to(device).eval(), cfg
 
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "atomic_torch_save",
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "load_model_and_config",
+           "atomic_open", "atomic_copy", "atomic_torch_save",
            "rng_state", "set_rng_state", "config_from_checkpoint", "config_to_dict"]

@@ -4,12 +4,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+from typing import Callable
+
+from genie_env.config import load_config
+from genie_env.models import build_model
+from genie_env.nn.st_transformer import count_parameters
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genie-env", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    # The subcommands import the flag helpers below, so they are imported once this module is whole.
     from genie_env import evaluate, filmstrip, generate, play
     from genie_env.data import collect
     from trainers import export, pipeline
@@ -31,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return reporting_errors(f"genie-env {args.command}", args.func, args)
+
+
+def reporting_errors(prog: str, func: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
+    """Run ``func(args)``: its exit code (None counts as 0), or the error a user can fix (bad input, a missing file, a
+    stopped run: ValueError, FileNotFoundError, RuntimeError and their kin) as one line and 2."""
     try:
-        return args.func(args) or 0
+        return int(func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Bad input is reported as one sentence, not a traceback.
-        print(f"genie-env {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 
 
@@ -62,12 +74,6 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 def info(args: argparse.Namespace) -> int:
     """Print each model's parameter count, built from its YAML config."""
-    from pathlib import Path
-
-    from genie_env.config import load_config
-    from genie_env.models import build_model
-    from genie_env.nn.st_transformer import count_parameters
-
     paths = args.configs or [str(Path("configs") / f"{k}_config.yaml") for k in ("tokenizer", "lam", "dynamics")]
     total = 0
     print(f"{'config':<40} {'kind':<10} {'parameters':>14}")

@@ -9,6 +9,15 @@
 - dynamics: PSNR of an autoregressive rollout from one prompt frame with the LAM's inferred
   actions at each t, and the Genie paper's delta-t PSNR at t = 4: PSNR(x_t, x^_t) with inferred
   actions minus PSNR(x_t, x^'_t) with actions drawn uniformly at random;
+- baselines the numbers are read against: "repeat the prompt" (PSNR of the prompt frame held
+  still) for every rollout figure, and per-patch k-means with the tokenizer's patch size and
+  code count (the same bits per frame, no learning) for the tokenizer;
+- long horizon: rollout PSNR out to ``horizon`` frames (past the model's window), and a
+  ``long_steps``-step episode of the world under random actions, scored by how far each frame's
+  colours are from the closest real frame's (0 = a real frame's palette), against the same
+  distance for real held-out frames;
+- with an arrow-key map (``action_map.json``), how often holding "right" (or "left") scrolls the
+  scene the way the key says;
 - a video: ground truth | rollout with inferred actions | rollout with random actions.
 
 PSNR and SSIM stand in for FVD, whose I3D weights cannot be downloaded here.
@@ -24,12 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genie_env.checkpoint import load_model
+from genie_env.checkpoint import load_model, load_model_and_config
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device, resolve_dtype
-from genie_env.env import bundled_paths
-from genie_env.metrics import psnr_per_frame, rollout
-from genie_env.video import write_video
+from genie_env.bundled import bundled_paths, load_action_map
+from genie_env.metrics import (decode_long, infer_actions_long, nearest_histogram_distance, colour_histograms,
+                               patch_kmeans_psnr, psnr_per_frame, rightward_progress, rollout)
+from genie_env.video import to_uint8_frames, write_video
+from genie_env.world import World
 
 log = logging.getLogger("genie_env.eval")
 
@@ -64,18 +75,103 @@ def action_agreement(latent: np.ndarray, true: np.ndarray) -> dict[str, float]:
             "chance accuracy": float(pt.max()), "mutual information (bits)": mi}
 
 
-@torch.no_grad()
-def evaluate(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | None = None, num_clips: int = 32,
-             clip_len: int | None = None, split: str = "val", seed: int = 0, batch: int = 16,
-             video_name: str = "side_by_side.mp4") -> dict:
-    """The numbers listed in the module docstring, on ``num_clips`` clips of ``split`` episodes."""
-    dev = next(dynamics.parameters()).device
-    stage = dynamics.stage_config.data if hasattr(dynamics, "stage_config") else None
-    clip_len = clip_len or min(dynamics.cfg.max_frames, tokenizer.cfg.max_frames)
-    val = ClipDataset(data_dir, clip_len=clip_len, image_size=tokenizer.cfg.image_size, split=split,
-                      val_fraction=stage.val_fraction if stage else 0.1, seed=stage.seed if stage else 0)
+def _clip_sample(data_dir, clip_len: int, image_size, split, stage, num_clips: int, seed: int):
+    ds = ClipDataset(data_dir, clip_len=clip_len, image_size=image_size, split=split,
+                     val_fraction=stage.val_fraction if stage else 0.1, seed=stage.seed if stage else 0)
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(val), generator=g)[: min(num_clips, len(val))].tolist()
+    return ds, torch.randperm(len(ds), generator=g)[: min(num_clips, len(ds))].tolist()
+
+
+def _frames(ds: ClipDataset, idx: list[int]) -> torch.Tensor:
+    return torch.stack([ds[i]["frames"] for i in idx])
+
+
+@torch.no_grad()
+def long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon: int, num_clips: int,
+                 seed: int, dev) -> dict:
+    """Rollout PSNR by t out to ``horizon`` generated frames with the LAM's inferred actions, and
+    the repeat-the-prompt baseline, on clips of ``horizon + 1`` frames."""
+    try:
+        ds, idx = _clip_sample(data_dir, horizon + 1, tokenizer.cfg.image_size, split, stage, num_clips, seed)
+    except ValueError as e:  # no episode that long
+        log.warning("no long-horizon rollout: %s", e)
+        return {}
+    video = _frames(ds, idx).to(dev)
+    actions = infer_actions_long(lam, video)
+    gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(video.shape[0])]
+    tokens = dynamics.generate(tokenizer.encode(video[:, :1]), actions, generators=gens)
+    p = psnr_per_frame(decode_long(tokenizer, tokens), video)
+    still = psnr_per_frame(video[:, :1].expand_as(video), video)
+    marks = sorted({t for t in (4, dynamics.cfg.max_frames, 2 * dynamics.cfg.max_frames, 16, horizon) if t <= horizon})
+    return {"long clips": len(idx),
+            **{f"rollout PSNR at t={t}, inferred actions (dB)": float(p[t]) for t in marks},
+            **{f"repeat-the-prompt PSNR at t={t} (dB)": float(still[t]) for t in marks}}
+
+
+@torch.no_grad()
+def drift(world: World, prompts: torch.Tensor, reference: torch.Tensor, real: torch.Tensor,
+          steps: int, seed: int) -> dict:
+    """Run ``prompts`` (B, 3, H, W) for ``steps`` steps under uniformly random latent actions and
+    report each checkpoint's mean colour-histogram distance to the nearest ``reference`` frame,
+    beside the same distance for ``real`` held-out frames (what a real CoinRun frame scores)."""
+    g = torch.Generator().manual_seed(seed)
+    gens = [torch.Generator(device=world.device).manual_seed(seed + i) for i in range(prompts.shape[0])]
+    ref = colour_histograms(reference)
+    world.reset(prompts)
+    marks = {t for t in (1, 10, 50, 100, 250, 500, steps) if t <= steps}
+    out = {"drift: real held-out frames' colour distance": float(nearest_histogram_distance(real, ref).mean())}
+    for t in range(1, steps + 1):
+        frames = world.step(torch.randint(0, world.num_actions, (prompts.shape[0],), generator=g),
+                            generators=gens).frames
+        if t in marks:
+            out[f"drift: colour distance at step {t}"] = float(nearest_histogram_distance(frames.cpu(), ref).mean())
+    return out
+
+
+@torch.no_grad()
+def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps: int = 6,
+                    seeds: int = 4, seed: int = 0) -> dict:
+    """How often holding the mapped "right" (or "left") latent action for ``steps`` steps scrolls
+    the scene that way (total ``rightward_progress`` above 0 for right, below 0 for left): one
+    trial per prompt, direction and seed."""
+    rows = [(p, d, s) for p in range(prompts.shape[0]) for d in ("right", "left") for s in range(seeds)]
+    world_rows = World(world.tokenizer, world.dynamics, len(rows), world.device, world.maskgit_steps,
+                       world.temperature, world.dtype)
+    frames = world_rows.reset(prompts[[p for p, _, _ in rows]])
+    actions = torch.tensor([action_map[d] for _, d, _ in rows])
+    gens = [torch.Generator(device=world.device).manual_seed(seed + 1000 * s + p) for p, _, s in rows]
+    scroll = np.zeros(len(rows))
+    prev = to_uint8_frames(frames)
+    for _ in range(steps):
+        obs = to_uint8_frames(world_rows.step(actions, generators=gens).frames)
+        scroll += [rightward_progress(a, 0, b) for a, b in zip(prev, obs)]
+        prev = obs
+    sign = np.array([1 if d == "right" else -1 for _, d, _ in rows])
+    correct = scroll * sign > 0
+    right = np.array([d == "right" for _, d, _ in rows])
+    return {"arrow keys: right scrolls right (fraction)": float(correct[right].mean()),
+            "arrow keys: left scrolls left (fraction)": float(correct[~right].mean()),
+            "arrow keys: trials": len(rows)}
+
+
+@torch.no_grad()
+def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | None = None, num_clips: int = 32,
+                   clip_len: int | None = None, split: str | None = "val", seed: int = 0, batch: int = 16,
+                   video_name: str = "side_by_side.mp4", horizon: int = 32, long_steps: int = 500,
+                   baseline_data=None, action_map: dict | None = None, data_config=None) -> dict:
+    """The numbers listed in the module docstring, on ``num_clips`` clips of ``split`` episodes.
+
+    ``baseline_data``: H5 episodes (not the evaluated ones) to fit the k-means baseline and to
+    draw the drift check's reference frames from; by default the training split of ``data_dir``
+    unless ``split`` is None (all episodes), when both are left out. ``horizon`` or
+    ``long_steps`` 0 leaves out their parts. ``data_config`` (the dynamics checkpoint's
+    ``DataConfig``) decides which episodes form the held-out split, as in its training run.
+    """
+    dev = next(dynamics.parameters()).device
+    stage = data_config
+    clip_len = clip_len or min(dynamics.cfg.max_frames, tokenizer.cfg.max_frames)
+    val, idx = _clip_sample(data_dir, clip_len, tokenizer.cfg.image_size, split, stage, num_clips, seed)
+    g = torch.Generator().manual_seed(seed)
     sums: dict[str, list] = {}
     latents, trues = [], []
     first = None
@@ -94,7 +190,8 @@ def evaluate(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | None = No
         for key, value in (("tok_psnr", psnr_per_frame(recon, video).mean()), ("tok_ssim", ssim(recon, video)),
                            ("lam_psnr", psnr_per_frame(lam_out["recon"], video[:, 1:]).mean()),
                            ("roll_inferred", psnr_per_frame(inferred, video)),
-                           ("roll_random", psnr_per_frame(randomized, video))):
+                           ("roll_random", psnr_per_frame(randomized, video)),
+                           ("roll_still", psnr_per_frame(video[:, :1].expand_as(video), video))):
             sums.setdefault(key, []).append((value.cpu() * n, n))
         latents.append(actions.flatten().cpu())
         if "actions" in items[0] and not torch.is_floating_point(items[0]["actions"]):
@@ -121,10 +218,30 @@ def evaluate(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | None = No
         f"rollout PSNR at t={t}, inferred actions (dB)": float(p_inf[t]),
         f"rollout PSNR at t={t}, random actions (dB)": float(p_rand[t]),
         f"delta-t PSNR at t={t} (dB)": float(p_inf[t] - p_rand[t]),
+        f"repeat-the-prompt PSNR at t={t} (dB)": float(mean("roll_still")[t]),
     }
     if trues:
         agreement = action_agreement(latent, torch.cat(trues).numpy())
         results.update({f"LAM vs true actions: {k}": v for k, v in agreement.items()})
+    reference = None
+    if baseline_data is not None or split is not None:
+        base = ClipDataset(baseline_data or data_dir, clip_len=1, image_size=tokenizer.cfg.image_size,
+                           split="train" if baseline_data is None else None)
+        pick = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))[:128].tolist()
+        reference = _frames(base, pick)[:, 0]
+        test = torch.stack([val[i]["frames"] for i in idx[:64]]).flatten(0, 1)
+        results["k-means baseline PSNR (dB)"] = patch_kmeans_psnr(
+            reference, test, tokenizer.cfg.patch_size, tokenizer.cfg.num_codes, iters=10, seed=seed)
+    if horizon > 0:
+        results.update(long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon,
+                                    num_clips, seed, dev))
+    prompts = torch.stack([val[i]["frames"][0] for i in idx[:8]]).to(dev)
+    world = World(tokenizer, dynamics, prompts.shape[0], dev, dtype=next(dynamics.parameters()).dtype)
+    if long_steps > 0 and reference is not None:
+        real = torch.stack([val[i]["frames"][-1] for i in idx])
+        results.update(drift(world, prompts, reference, real, long_steps, seed))
+    if action_map is not None and {"left", "right"} <= set(action_map):
+        results.update(direction_check(world, prompts, action_map, seed=seed))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +272,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--horizon", type=int, default=32,
+                   help="long-horizon rollout length in generated frames (0: skip)")
+    p.add_argument("--long_steps", type=int, default=500,
+                   help="steps of the random-action episode scored for drift (0: skip)")
+    p.add_argument("--baseline_data", default=None,
+                   help="H5 episodes (not the evaluated ones) for the k-means baseline and the drift "
+                        "reference; default: the training split of --data_dir (none with --split all)")
+    p.add_argument("--action_map", default=None,
+                   help="action_map.json for the arrow-key check (default: the one beside the dynamics "
+                        "checkpoint, or the bundled one)")
     p.add_argument("--dtype", default="float32",
                    help="precision of the tokenizer and dynamics model (float32, or bfloat16 to see what it costs)")
 
@@ -165,8 +292,13 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, dev)
     tok = load_model(args.tokenizer_path or b["tokenizer"], "tokenizer", dev).to(dtype)
     lam = load_model(args.lam_path or b["lam"], "lam", dev)
-    dyn = load_model(args.dynamics_path or b["dynamics"], "dynamics", dev).to(dtype)
-    results = evaluate(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,
-                       None if args.split == "all" else args.split, args.seed)
+    dyn, dyn_stage = load_model_and_config(args.dynamics_path or b["dynamics"], "dynamics", dev)
+    dyn = dyn.to(dtype)
+    amap = (json.loads(Path(args.action_map).read_text()) if args.action_map
+            else load_action_map(args.dynamics_path))
+    results = evaluate_world(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,
+                             None if args.split == "all" else args.split, args.seed, horizon=args.horizon,
+                             long_steps=args.long_steps, baseline_data=args.baseline_data, action_map=amap,
+                             data_config=dyn_stage.data)
     print(format_table(results))
     return 0

@@ -1,7 +1,10 @@
-"""World-model quality metrics: PSNR and rollouts against ground truth."""
+"""World-model quality metrics: PSNR, rollouts against ground truth, and the simple baselines
+and scene checks that the numbers are read against."""
 from __future__ import annotations
 
+import numpy as np
 import torch
+from einops import rearrange
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -24,3 +27,84 @@ def rollout(tokenizer, dynamics, video: torch.Tensor, actions: torch.Tensor, ste
     tokens = tokenizer.encode(video[:, :1])
     gen = dynamics.generate(tokens, actions, steps=steps, temperature=temperature, generators=generators)
     return tokenizer.decode(gen)
+
+
+@torch.no_grad()
+def encode_long(tokenizer, video: torch.Tensor) -> torch.Tensor:
+    """Video (B, T, C, H, W) of any length T -> tokens (B, T, N), frame by frame against the
+    encoder's KV cache, which slides past the tokenizer's ``max_frames``."""
+    cache, _ = tokenizer.new_caches(video.shape[0], video.device)
+    return torch.stack([tokenizer.encode_step(video[:, t], cache) for t in range(video.shape[1])], dim=1)
+
+
+@torch.no_grad()
+def decode_long(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens (B, T, N) of any length T -> float32 video (B, T, C, H, W), frame by frame against
+    the decoder's KV cache, which slides past the tokenizer's ``max_frames`` as the env's does."""
+    _, cache = tokenizer.new_caches(tokens.shape[0], tokens.device)
+    return torch.stack([tokenizer.decode_step(tokens[:, t], cache) for t in range(tokens.shape[1])], dim=1)
+
+
+@torch.no_grad()
+def infer_actions_long(lam, video: torch.Tensor) -> torch.Tensor:
+    """Latent actions (B, T-1) of a video longer than the LAM's window, in windows of
+    ``max_frames`` frames that overlap by one (a transition needs both of its frames)."""
+    window = lam.cfg.max_frames
+    actions = [lam.infer_actions(video[:, s:s + window]) for s in range(0, video.shape[1] - 1, window - 1)]
+    return torch.cat(actions, dim=1)
+
+
+def rightward_progress(prev: np.ndarray, action: int, obs: np.ndarray, max_shift: int = 4) -> float:
+    """Pixels the scene scrolled left from ``prev`` to ``obs`` (H, W, 3) (the agent moving right
+    in a side-scroller such as CoinRun), in [-max_shift, max_shift]: the horizontal shift that best
+    aligns the two frames. The signature is the env's ``reward_fn``."""
+    a, b = prev.astype(np.float32), obs.astype(np.float32)
+    w = a.shape[1]
+    errs = [np.abs(a[:, s:] - b[:, : w - s]).mean() if s >= 0 else np.abs(a[:, : w + s] - b[:, -s:]).mean()
+            for s in range(-max_shift, max_shift + 1)]
+    return float(np.argmin(errs) - max_shift)
+
+
+def colour_histograms(frames: torch.Tensor, bins: int = 8) -> torch.Tensor:
+    """Normalised RGB histograms (N, bins**3) of frames (N, 3, H, W) in [0, 1]."""
+    q = (frames.float().clamp(0, 1) * (bins - 1e-6)).long()  # (N, 3, H, W) bin per channel
+    cell = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
+    hist = torch.zeros(frames.shape[0], bins ** 3, device=frames.device)
+    hist.scatter_add_(1, cell.flatten(1), torch.ones_like(cell.flatten(1), dtype=hist.dtype))
+    return hist / hist.sum(dim=1, keepdim=True)
+
+
+def nearest_histogram_distance(frames: torch.Tensor, reference: torch.Tensor, bins: int = 8) -> torch.Tensor:
+    """For each frame (N, 3, H, W), the total-variation distance (0 = same colours, 1 = none
+    shared) of its colour histogram to the closest histogram in ``reference`` (M, bins**3): how
+    far a frame is from looking like any real frame of the game."""
+    hist = colour_histograms(frames, bins)
+    return torch.stack([0.5 * (h[None] - reference).abs().sum(dim=1).min() for h in hist])
+
+
+def patch_kmeans_psnr(train_frames: torch.Tensor, test_frames: torch.Tensor, patch: int, codes: int,
+                      iters: int = 15, seed: int = 0) -> float:
+    """The baseline a learned tokenizer must beat: PSNR (dB) of ``test_frames`` (N, 3, H, W) in
+    [0, 1] after replacing each ``patch`` x ``patch`` patch by the nearest of ``codes`` k-means
+    centroids fitted to the patches of ``train_frames``: the same bits per frame, no learning."""
+    def patches(x):
+        return rearrange(x.float(), "n c (h p1) (w p2) -> (n h w) (p1 p2 c)", p1=patch, p2=patch)
+
+    data, test = patches(train_frames), patches(test_frames)
+    g = torch.Generator().manual_seed(seed)
+    # k-means++ seeding: each seed drawn in proportion to its squared distance from the others.
+    picks = [int(torch.randint(0, data.shape[0], (1,), generator=g))]
+    d2 = (data - data[picks[0]]).square().sum(dim=1)
+    for _ in range(1, min(codes, data.shape[0])):
+        picks.append(int(torch.multinomial(d2 + 1e-12, 1, generator=g)))
+        d2 = torch.minimum(d2, (data - data[picks[-1]]).square().sum(dim=1))
+    centroids = data[picks].clone()
+    for _ in range(iters):
+        assign = torch.cdist(data, centroids).argmin(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, data)
+        counts = torch.bincount(assign, minlength=centroids.shape[0])[:, None]
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+    recon = centroids[torch.cdist(test, centroids).argmin(dim=1)]
+    gh, gw = test_frames.shape[-2] // patch, test_frames.shape[-1] // patch
+    recon = rearrange(recon, "(n h w) (p1 p2 c) -> n c (h p1) (w p2)", h=gh, w=gw, p1=patch, p2=patch)
+    return float(psnr(recon, test_frames))

@@ -18,10 +18,13 @@ import argparse
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
+import genie_env  # noqa: F401  (registers Genie-v0)
 from genie_env.bundled import load_action_map
 from genie_env.cli import add_world_arguments, check_positive
+from genie_env.video import write_video
 
 DEFAULT_MAP = {"left": 0, "right": 1, "up": 2, "down": 3, "noop": 0}
 
@@ -45,8 +48,6 @@ def play(env, scale: int = 8, record: str | Path = "genie_play.mp4", fps: int = 
     """Run the play loop until quit. ``script`` (pygame key codes, one per frame) drives it
     without a person, for tests and demos. Returns counts of steps, resets and recordings."""
     import pygame
-
-    from genie_env.video import write_video
     pygame.display.init()
     pygame.font.init()
     unwrapped = env.unwrapped
@@ -137,9 +138,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_positive(args, "scale", "fps")
-    import gymnasium as gym
-
-    import genie_env  # noqa: F401
     env = gym.make("Genie-v0", tokenizer_path=args.tokenizer_path, dynamics_path=args.dynamics_path,
                    prompt=args.prompt, device=args.device, maskgit_steps=args.maskgit_steps,
                    temperature=args.temperature, dtype=args.dtype, compile=args.compile)

@@ -1,13 +1,12 @@
 """Writing frames to a video file: mp4 through PyAV (which bundles FFmpeg), GIF through Pillow."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
+from PIL import Image, ImageSequence
 
 
 def check_pixel_range(pixels: np.ndarray, where: str, tolerance: float = 1e-3) -> None:
@@ -44,6 +43,12 @@ def to_uint8_frames(video) -> np.ndarray:
     return np.ascontiguousarray(video)
 
 
+def side_by_side(*videos: torch.Tensor) -> torch.Tensor:
+    """Rows of frames for TensorBoard: each (T, 3, H, W) video becomes one row -> (1, 3, k*H, T*W)."""
+    rows = [torch.cat(list(v), dim=-1) for v in videos]
+    return torch.cat(rows, dim=-2).unsqueeze(0)
+
+
 def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour upscaling: 64x64 frames are too small to watch."""
     return frames.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else frames
@@ -52,38 +57,30 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
 def write_video(path: str | Path, video, fps: int = 10, scale: int = 4) -> Path:
     """Write ``video`` to ``path``; the suffix picks the format (.mp4 needs ``av``, .gif Pillow).
 
-    When PyAV is missing an .mp4 request falls back to a .gif next to it (logged), so a run
-    never ends without its video. Returns the path written.
+    Returns the path written.
     """
     path = Path(path)
     frames = upscale(to_uint8_frames(video), scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".mp4":
-        try:
-            import av
-        except ImportError:
-            path = path.with_suffix(".gif")
-            log.warning("PyAV is not installed (pip install av); writing %s instead", path)
-        else:
-            h, w = frames.shape[1:3]
-            # yuv420p needs even sizes.
-            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-            with av.open(str(path), mode="w") as container:
-                # x264's macroblock-tree rate control reads memory it never wrote on tiny frames
-                # (32x32 here), so the same frames gave different files once a decode had run in
-                # the process; without it a seed's video is the same file every time.
-                stream = container.add_stream("libx264", rate=fps, options={"x264-params": "mbtree=0"})
-                stream.width, stream.height = frames.shape[2], frames.shape[1]
-                stream.pix_fmt = "yuv420p"
-                for frame in frames:
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                        container.mux(packet)
-                for packet in stream.encode():
+        h, w = frames.shape[1:3]
+        # yuv420p needs even sizes.
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        with av.open(str(path), mode="w") as container:
+            # x264's macroblock-tree rate control reads memory it never wrote on tiny frames
+            # (32x32 here), so the same frames gave different files once a decode had run in
+            # the process; without it a seed's video is the same file every time.
+            stream = container.add_stream("libx264", rate=fps, options={"x264-params": "mbtree=0"})
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
-            return path
+            for packet in stream.encode():
+                container.mux(packet)
+        return path
     if path.suffix.lower() != ".gif":
         raise ValueError(f"{path}: unsupported video format; use .mp4 or .gif")
-    from PIL import Image
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return path
@@ -93,9 +90,7 @@ def read_video(path: str | Path) -> np.ndarray:
     """Frames (T, H, W, 3) uint8 of an mp4 (PyAV) or gif (Pillow): for tests and tools."""
     path = Path(path)
     if path.suffix.lower() == ".mp4":
-        import av
         with av.open(str(path)) as container:
             return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-    from PIL import Image, ImageSequence
     with Image.open(path) as im:
         return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])

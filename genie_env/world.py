@@ -90,12 +90,23 @@ def step_outcome(out: StepResult, prev_obs: np.ndarray, actions: np.ndarray, obs
     return rewards, terminated, truncated, info
 
 
+def pair_problems(tokenizer_cfg, dynamics_cfg) -> list[str]:
+    """Why a tokenizer and a dynamics model (by their configs) cannot work together; [] if they can."""
+    t, d = tokenizer_cfg, dynamics_cfg
+    problems = []
+    if t.num_codes != d.vocab_size:
+        problems.append(f"the tokenizer has {t.num_codes} codes but the dynamics vocab_size is {d.vocab_size}")
+    if tuple(t.token_grid) != tuple(d.token_grid):
+        problems.append(f"the tokenizer makes a {tuple(t.token_grid)} token grid but the dynamics token_grid "
+                        f"is {tuple(d.token_grid)}")
+    return problems
+
+
 def check_pair(tokenizer: VideoTokenizer, dynamics: DynamicsModel, where: str = "") -> None:
     """A tokenizer and dynamics model that cannot work together raise a ValueError saying why."""
-    t, d = tokenizer.cfg, dynamics.cfg
-    if t.num_codes != d.vocab_size or tuple(t.token_grid) != tuple(d.token_grid):
-        raise ValueError(f"{where}the tokenizer ({t.num_codes} codes, token grid {t.token_grid}) does not "
-                         f"match the dynamics model (vocab {d.vocab_size}, token grid {d.token_grid}); "
+    problems = pair_problems(tokenizer.cfg, dynamics.cfg)
+    if problems:
+        raise ValueError(f"{where}the tokenizer does not match the dynamics model: {'; '.join(problems)}; "
                          f"pass the tokenizer the dynamics model was trained with")
 
 

@@ -8,7 +8,13 @@ from gymnasium.utils.env_checker import check_env
 
 import genie_env  # noqa: F401
 from genie_env.checkpoint import load_checkpoint
+import torch
+
 from genie_env.bundled import bundled_paths
+from genie_env.data.h5 import ClipDataset
+from genie_env.metrics import colour_histograms, nearest_histogram_distance
+
+DRIFT_LIMIT = 0.5  # total-variation distance of colour histograms; 1 = no colour in common
 
 
 def test_bundled_files_are_small_and_safe():
@@ -23,20 +29,31 @@ def test_bundled_files_are_small_and_safe():
     assert len({amap[k] for k in ("left", "right", "up", "down", "noop")}) == 5
 
 
-def test_make_with_no_arguments_steps_a_thousand_times():
+def test_make_with_no_arguments_steps_a_thousand_times_and_stays_a_coinrun_scene(coinrun_dir):
     env = gym.make("Genie-v0", device="cpu")
     assert env.action_space == gym.spaces.Discrete(8)
     assert env.observation_space.shape == (64, 64, 3)
     obs, _ = env.reset(seed=0)
     rng = np.random.default_rng(0)
     truncated = False
-    for _ in range(1000):
+    frames = []
+    for t in range(1, 1001):
         obs, reward, terminated, truncated, info = env.step(int(rng.integers(8)))
         assert obs.shape == (64, 64, 3) and np.isfinite(reward)
+        if t % 100 == 0:
+            frames.append(obs)
         if terminated:
             env.reset()
     assert truncated  # gym.make's 1000-step limit
     assert info["context_length"] == 7  # the bundled window: 8 frames
+    # Drift: the colours of every 100th frame stay close to those of some real CoinRun frame
+    # (levels no training run used), as close as real frames of other levels are.
+    real = ClipDataset(coinrun_dir, clip_len=1, image_size=(64, 64))
+    pick = np.linspace(0, len(real) - 1, 200).astype(int)
+    reference = colour_histograms(torch.stack([real[int(i)]["frames"][0] for i in pick]))
+    generated = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+    distance = nearest_histogram_distance(generated, reference)
+    assert distance.max() < DRIFT_LIMIT, distance
 
 
 def test_bundled_env_passes_the_checker():
@@ -61,7 +78,7 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / dtype
         assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "8", "--out", str(out),
-                     "--device", "cpu", "--dtype", dtype]) == 0
+                     "--device", "cpu", "--dtype", dtype, "--horizon", "16", "--long_steps", "20"]) == 0
         results[dtype] = json.loads((out / "results.json").read_text())
         assert (out / "side_by_side.mp4").stat().st_size > 0
     assert "delta-t PSNR at t=4" in capsys.readouterr().out
@@ -72,3 +89,25 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
     assert abs(fp32["tokenizer PSNR (dB)"] - bf16["tokenizer PSNR (dB)"]) < 0.5
     assert len(bf16["rollout PSNR by t, inferred actions (dB)"]) == 7
     assert fp32["LAM vs true actions: accuracy"] == bf16["LAM vs true actions: accuracy"]  # the LAM stays fp32
+    for key in ("k-means baseline PSNR (dB)", "repeat-the-prompt PSNR at t=4 (dB)",
+                "rollout PSNR at t=16, inferred actions (dB)", "repeat-the-prompt PSNR at t=16 (dB)",
+                "drift: colour distance at step 20", "drift: real held-out frames' colour distance",
+                "arrow keys: right scrolls right (fraction)", "arrow keys: left scrolls left (fraction)"):
+        assert key in fp32 and np.isfinite(fp32[key]), key
+    assert fp32["arrow keys: trials"] == 64  # 8 prompts x 2 directions x 4 seeds
+
+
+def test_filmstrip_of_the_bundled_model_with_a_held_out_clip(coinrun_dir, tmp_path):
+    from PIL import Image
+
+    from genie_env.cli import main
+    from genie_env.filmstrip import LABEL_WIDTH
+    out = tmp_path / "strip.png"
+    assert main(["filmstrip", "--data_dir", str(coinrun_dir), "--split", "all", "--frames", "8",
+                 "--scale", "1", "--device", "cpu", "--out", str(out)]) == 0
+    img = np.asarray(Image.open(out))
+    # 8 action rows + ground truth, reconstruction and two rollouts, each 64 pixels + a 2-pixel gap.
+    assert img.shape == (12 * 66, LABEL_WIDTH + 9 * 64, 3)
+    truth, recon = img[8 * 66:8 * 66 + 64, LABEL_WIDTH:], img[9 * 66:9 * 66 + 64, LABEL_WIDTH:]
+    err = np.abs(truth.astype(float) - recon.astype(float)).mean()
+    assert err < 20  # the reconstruction row shows the clip, not something else

@@ -32,3 +32,21 @@ def test_pipeline_runs_end_to_end_and_skips_finished_stages(tmp_path, capsys):
     mtime = (out / "tokenizer" / "latest.pt").stat().st_mtime
     assert main(argv) == 0  # a second run finds every stage done
     assert (out / "tokenizer" / "latest.pt").stat().st_mtime == mtime
+
+
+def test_progress_prints_a_line_every_few_seconds_off_a_terminal(capsys):
+    import io
+    import time
+
+    from genie_env.progress import progress
+    out = io.StringIO()
+    bar = progress(total=3000, desc="train", interval=0.05, stream=out)
+    for _ in range(3000):
+        bar.update(1)
+    time.sleep(0.06)
+    bar.update(0)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert 1 <= len(lines) < 100  # not one redraw per update
+    assert all(line.startswith("train:") for line in lines) and "3000/3000" in lines[-1]

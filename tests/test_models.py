@@ -191,18 +191,28 @@ def test_dynamics_is_causal():
     assert not torch.allclose(out[:, 3], base[:, 3])
 
 
-def test_cached_sampling_equals_full_recompute():
-    torch.manual_seed(0)
-    dyn = DynamicsModel(dynamics_cfg()).eval()
-    tokens = torch.randint(0, 16, (3, 4, 4))
-    actions = torch.randint(0, 4, (3, 3))
+def _observed(dyn, frames=4):
+    """A cache holding ``frames`` random frames of 3 rows, with the tokens and actions behind it."""
+    tokens = torch.randint(0, 16, (3, frames, 4))
+    actions = torch.randint(0, 4, (3, frames - 1))
     cache = dyn.new_cache(3)
-    for t in range(4):
+    for t in range(frames):
         dyn.observe(cache, tokens[:, t], None if t == 0 else actions[:, t - 1])
+    return cache, tokens, actions
+
+
+def _gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("commit_noise", [0.0, 4.5])
+def test_cached_sampling_equals_full_recompute(commit_noise):
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(commit_noise=commit_noise)).eval()
+    cache, tokens, actions = _observed(dyn)
     action = torch.tensor([0, 1, 3])
-    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]  # noqa: E731
-    cached = dyn.sample_next(cache, action, generators=gens())
-    full = dyn.sample_next_uncached(tokens, actions, action, generators=gens())
+    cached = dyn.sample_next(cache, action, generators=_gens((1, 2, 3)))
+    full = dyn.sample_next_uncached(tokens, actions, action, generators=_gens((1, 2, 3)))
     assert torch.equal(cached, full)
     assert cache.length.tolist() == [4, 4, 4]  # sampling did not touch the cache
 
@@ -212,12 +222,11 @@ def test_generation_is_seeded_per_row_and_slides_past_max_frames():
     dyn = DynamicsModel(dynamics_cfg()).eval()
     prompt = torch.randint(0, 16, (3, 1, 4))
     actions = torch.randint(0, 4, (3, 9))  # 10 frames > max_frames=6
-    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    batched = dyn.generate(prompt, actions, generators=gens([5, 6, 7]))
+    batched = dyn.generate(prompt, actions, generators=_gens([5, 6, 7]))
     assert batched.shape == (3, 10, 4) and batched.max() < 16
-    single = dyn.generate(prompt[1:2], actions[1:2], generators=gens([6]))
+    single = dyn.generate(prompt[1:2], actions[1:2], generators=_gens([6]))
     assert torch.equal(batched[1:2], single)
-    again = dyn.generate(prompt, actions, generators=gens([5, 6, 7]))
+    again = dyn.generate(prompt, actions, generators=_gens([5, 6, 7]))
     assert torch.equal(again, batched)
 
 
@@ -291,25 +300,19 @@ def test_clean_prefix_samples_mask_only_frames_after_a_cut():
     assert set(first[prefixed].tolist()) == {2, 3, 4}
 
 
-def test_commit_noise_is_seeded_per_row_and_cached_equals_recompute():
+def test_commit_noise_is_seeded_per_row_and_changes_the_samples():
     torch.manual_seed(0)
     dyn = DynamicsModel(dynamics_cfg(commit_noise=4.5, temperature=1.0)).eval()
     plain = DynamicsModel(dynamics_cfg(temperature=1.0)).eval()
     plain.load_state_dict(dyn.state_dict())
-    tokens = torch.randint(0, 16, (3, 3, 4))
-    actions = torch.randint(0, 4, (3, 2))
-    cache = dyn.new_cache(3)
-    for t in range(3):
-        dyn.observe(cache, tokens[:, t], None if t == 0 else actions[:, t - 1])
+    cache, tokens, actions = _observed(dyn, frames=3)
     action = torch.tensor([0, 1, 3])
-    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    cached = dyn.sample_next(cache, action, generators=gens([1, 2, 3]))
-    assert torch.equal(cached, dyn.sample_next_uncached(tokens, actions, action, generators=gens([1, 2, 3])))
-    single = dyn.sample_next_uncached(tokens[1:2], actions[1:2], action[1:2], generators=gens([2]))
-    assert torch.equal(cached[1:2], single)
+    batched = dyn.sample_next(cache, action, generators=_gens([1, 2, 3]))
+    single = dyn.sample_next_uncached(tokens[1:2], actions[1:2], action[1:2], generators=_gens([2]))
+    assert torch.equal(batched[1:2], single)
     # The noise changes which tokens come out: over many seeds the two samplers differ.
-    differ = sum(not torch.equal(dyn.sample_next(cache, action, generators=gens([s, s + 1, s + 2])),
-                                 plain.sample_next(cache, action, generators=gens([s, s + 1, s + 2])))
+    differ = sum(not torch.equal(dyn.sample_next(cache, action, generators=_gens([s, s + 1, s + 2])),
+                                 plain.sample_next(cache, action, generators=_gens([s, s + 1, s + 2])))
                  for s in range(10))
     assert differ > 0
 

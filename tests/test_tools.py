@@ -74,14 +74,35 @@ def test_play_runs_headless_with_scripted_keys(world, tmp_path):
     assert read_video(record).shape[0] == 5  # the frame when v was pressed + 4 steps
 
 
-def test_rightward_progress_measures_the_scroll():
-    agent = _example("train_agent")
-    rng = np.random.default_rng(0)
-    scene = rng.integers(0, 256, (16, 40, 3), dtype=np.uint8)
-    prev, moved_right = scene[:, 10:26], scene[:, 13:29]  # the view slides right: the scene moves left
-    assert agent.rightward_progress(prev, 0, moved_right) == 3
-    assert agent.rightward_progress(moved_right, 0, prev) == -3
-    assert agent.rightward_progress(prev, 0, prev) == 0
+@pytest.mark.parametrize("argv, match", [
+    (["generate", "--num_frames", "0"], "--num_frames must be >= 1, got 0"),
+    (["generate", "--fps", "0"], "--fps must be >= 1, got 0"),
+    (["generate", "--maskgit_steps", "0"], "maskgit_steps must be an integer >= 1"),
+    (["generate", "--temperature", "-2"], "temperature must be a finite number >= 0"),
+    (["generate", "--dtype", "half-ish"], "unknown dtype 'half-ish'"),
+    (["play", "--scale", "0"], "--scale must be >= 1, got 0"),
+    (["filmstrip", "--frames", "0"], "--frames must be >= 1, got 0"),
+])
+def test_tool_flags_are_checked(world, tmp_path, capsys, argv, match):
+    paths = ["--tokenizer_path", str(world["tok"]), "--dynamics_path", str(world["dyn"]), "--device", "cpu"]
+    assert main([*argv, *paths]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_filmstrip_shows_every_action_from_the_prompt(world, prompt_png, tmp_path):
+    from PIL import Image
+
+    from genie_env.filmstrip import LABEL_WIDTH
+    out = tmp_path / "strip.png"
+    assert main(["filmstrip", "--tokenizer_path", str(world["tok"]), "--dynamics_path", str(world["dyn"]),
+                 "--prompt", str(prompt_png), "--frames", "5", "--scale", "2",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    img = np.asarray(Image.open(out))
+    # 4 latent actions, each a row of the prompt + 5 frames of 16x16 pixels at scale 2.
+    assert img.shape == (4 * (32 + 2), LABEL_WIDTH + 6 * 32, 3)
+    rows = [img[r * 34:r * 34 + 32, LABEL_WIDTH:] for r in range(4)]
+    assert all(np.array_equal(r[:, :32], rows[0][:, :32]) for r in rows)  # every row starts at the prompt
+    assert not all(np.array_equal(r, rows[0]) for r in rows)  # and the actions lead apart
 
 
 def test_ppo_example_trains_in_the_vector_env(world):
@@ -96,6 +117,25 @@ def test_ppo_example_trains_in_the_vector_env(world):
     args.prompt = str(args_prompt)
     out = agent.train(args)
     assert len(out["mean_reward"]) == 2 and all(np.isfinite(out["mean_reward"]))
+
+
+def test_ppo_example_never_trains_on_an_ignored_action(world):
+    # Each stored transition must be one where the env applied the agent's action: with a reward
+    # that echoes the action, every step's reward is action + 1, also at episode ends (NEXT_STEP
+    # auto-reset would return 0 for the step that resets).
+    agent = _example("train_agent")
+    args = agent.Args(num_envs=3, device="cpu", tokenizer_path=str(world["tok"]), dynamics_path=str(world["dyn"]),
+                      prompt=None, max_episode_steps=2)
+    envs = agent.make_envs(args, reward_fn=lambda prev, action, obs: action + 1.0)
+    envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(6):
+        actions = rng.integers(0, 4, 3)
+        _, reward, term, trunc, _ = envs.step(actions)
+        assert np.array_equal(reward, actions + 1.0)
+        ends += int((term | trunc).sum())
+    assert ends >= 6  # episodes did end along the way
 
 
 def test_stable_baselines3_learns_on_the_batched_env(world):

@@ -186,7 +186,7 @@ def test_bad_inputs_fail_before_any_compute(tmp_path, trained, coinrun_dir):
     bad["model"].update(vocab_size=128, num_actions=8)
     bad_path = tmp_path / "bad_dyn.yaml"
     bad_path.write_text(yaml.safe_dump(bad))
-    with pytest.raises(TrainingError, match=r"64 codes but dynamics vocab_size is 128.*4 actions but dynamics num_actions is 8"):
+    with pytest.raises(TrainingError, match=r"64 codes but the dynamics vocab_size is 128.*4 actions but dynamics num_actions is 8"):
         train_dynamics.main(args_for(train_dynamics.parser(), bad_path, coinrun_dir, tmp_path / "o",
                                      "--tokenizer_path", str(trained["tokenizer"]), "--lam_path", str(trained["lam"])))
     # Checkpoints swapped between the two arguments.

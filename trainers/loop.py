@@ -16,7 +16,6 @@ import argparse
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -28,12 +27,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
+from torch.utils.tensorboard import SummaryWriter
 
-from genie_env.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from genie_env.cli import reporting_errors
+from genie_env.checkpoint import atomic_copy, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from genie_env.config import StageConfig, load_config
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device
 from genie_env.nn.vq import restore_reseeded_codes
+from genie_env.progress import progress
 
 log = logging.getLogger("genie_env.train")
 
@@ -49,8 +51,9 @@ class Task:
     ``loss(module, batch)`` runs the (possibly DDP-wrapped) module and returns a dict with a
     scalar ``loss`` plus any scalars to log; ``validate(model, batch)`` returns float metrics on a
     held-out batch; ``visualize(model, batch)`` returns images (N, 3, H, W) in [0, 1].
-    ``save_models``/``load_models`` let a stage that trains two models (LAM + dynamics
-    co-training) keep both in one checkpoint; by default the checkpoint holds ``model``.
+    ``checkpoint_model`` is what the checkpoint's weights hold (default ``model``);
+    ``extra_state``/``load_extra_state`` let a stage that trains two models (LAM + dynamics
+    co-training) keep the second one in the checkpoint's ``extra``.
     """
 
     config: StageConfig
@@ -248,10 +251,8 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
 
     writer = None
     if ctx.main:
-        from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run_dir / "tb"))
-    from tqdm.auto import tqdm
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not ctx.main, desc=f"train {task.kind}",
+    bar = progress(total=tc.max_steps, initial=step, disable=not ctx.main, desc=f"train {task.kind}",
                dynamic_ncols=True)
     frames_per_step = tc.batch_size * cfg.data.clip_len
     last_path = latest
@@ -293,7 +294,7 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
                     for k, v in scalars.items():
                         writer.add_scalar(f"train/{k}", v, step)
                 if step % tc.eval_every == 0 or step == tc.max_steps:
-                    metrics = evaluate(task, model, val_loader, dev, autocast, tc.val_batches)
+                    metrics = validate(task, model, val_loader, dev, autocast, tc.val_batches)
                     for k, v in metrics.items():
                         writer.add_scalar(f"val/{k}", v, step)
                     log.info("%s step %d: %s", task.kind, step,
@@ -319,7 +320,7 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: nn.Module, val_loader: DataLoader, dev, autocast, max_batches: int) -> dict[str, float]:
+def validate(task: Task, model: nn.Module, val_loader: DataLoader, dev, autocast, max_batches: int) -> dict[str, float]:
     """Mean of the task's validation metrics over up to ``max_batches`` held-out batches."""
     model.eval()
     totals: dict[str, float] = {}
@@ -337,19 +338,16 @@ def evaluate(task: Task, model: nn.Module, val_loader: DataLoader, dev, autocast
 
 
 def _save(task: Task, model: nn.Module, opt, sched, step: int, run_dir: Path, ctx: DistContext) -> Path:
-    extra = {"data_step": step, "world_size": ctx.world, **task.extra_state()}
+    extra = {"world_size": ctx.world, **task.extra_state()}
     if ctx.world > 1:
         # Each rank draws its own random numbers: keep all of them for an exact resume.
-        from genie_env.checkpoint import rng_state
         states = [None] * ctx.world
         dist.all_gather_object(states, rng_state())
         extra["rank_rng"] = states
     path = run_dir / f"checkpoint_step_{step}.pt"
     if ctx.main:
         save_checkpoint(path, model, task.config, step=step, optimizer=opt, scheduler=sched, extra=extra)
-        tmp = run_dir / ".latest.pt.tmp"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, run_dir / "latest.pt")
+        atomic_copy(path, run_dir / "latest.pt")
     if ctx.world > 1:
         dist.barrier()
     return path
@@ -397,21 +395,16 @@ def stage_from_args(args: argparse.Namespace, kind: str) -> StageConfig:
 
 def run_cli(main: Callable[[argparse.Namespace], Path], parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse, run, and turn the errors users can fix into one line and exit code 2."""
-
-    from genie_env.checkpoint import CheckpointError
-    from genie_env.config import ConfigError
-    from genie_env.data.h5 import H5DataError
-
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def run(a):
+        path = main(a)
+        if int(os.environ.get("RANK", "0")) == 0:
+            log.info("checkpoint: %s", path)
+
     try:
-        path = main(args)
-    except (TrainingError, ConfigError, CheckpointError, H5DataError, ValueError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return reporting_errors(parser.prog, run, args)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        log.info("checkpoint: %s", path)
-    return 0

@@ -7,28 +7,26 @@ co-trained LAM is kept inside the dynamics checkpoint and written to ``<out_dir>
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from genie_env.checkpoint import load_model, save_checkpoint
+from genie_env.checkpoint import load_model, load_model_and_config, save_checkpoint
 from genie_env.config import StageConfig, load_config, stage_from_dict
 from genie_env.models import DynamicsModel, LatentActionModel
 from trainers.loop import (Task, TrainingError, base_parser, build_datasets, run_cli,
                            stage_from_args, train)
-from trainers.metrics import side_by_side
+from genie_env.video import side_by_side
+from genie_env.world import pair_problems
 
 
 def check_compatible(cfg: StageConfig, tok, lam) -> None:
     """Refuse, before any compute, a tokenizer/LAM that does not fit the dynamics config."""
     d, t, a = cfg.model, tok.cfg, lam.cfg
-    problems = []
-    if t.num_codes != d.vocab_size:
-        problems.append(f"tokenizer has {t.num_codes} codes but dynamics vocab_size is {d.vocab_size}")
-    if tuple(t.token_grid) != tuple(d.token_grid):
-        problems.append(f"tokenizer makes a {t.token_grid} token grid but dynamics token_grid is {d.token_grid}")
+    problems = pair_problems(t, d)
     if a.num_actions != d.num_actions:
         problems.append(f"LAM has {a.num_actions} actions but dynamics num_actions is {d.num_actions}")
     if tuple(a.image_size) != tuple(t.image_size):
@@ -121,8 +119,7 @@ def main(args) -> Path:
     tokenizer = load_model(args.tokenizer_path, kind="tokenizer")
     lam_stage = None
     if args.lam_path:
-        lam = load_model(args.lam_path, kind="lam")
-        lam_stage = lam.stage_config
+        lam, lam_stage = load_model_and_config(args.lam_path, kind="lam")
     elif args.cotrain_lam and args.lam_config:
         lam_stage = load_config(args.lam_config)
         lam = LatentActionModel(lam_stage.model)
@@ -138,7 +135,7 @@ def main(args) -> Path:
                                 "set model.reward_head: false or collect data with rewards")
     task = make_task(cfg, tokenizer, lam, args.cotrain_lam, lam_stage)
     path = train(task, args.data_dir, args.device, args.out_dir, args.resume, image_size=tokenizer.cfg.image_size)
-    if args.cotrain_lam and int(__import__("os").environ.get("RANK", "0")) == 0:
+    if args.cotrain_lam and int(os.environ.get("RANK", "0")) == 0:
         out = Path(args.out_dir or cfg.train.out_dir) / "lam_cotrained" / "latest.pt"
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         lam_cfg = stage_from_dict(ckpt["extra"]["cotrain_lam"]["config"])

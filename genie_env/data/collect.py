@@ -23,9 +23,12 @@ import argparse
 import logging
 from pathlib import Path
 
+import gymnasium as gym
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
+
+from genie_env.checkpoint import atomic_open
+from genie_env.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +69,13 @@ class EpisodeWriter:
         path = self.out_dir / f"{self.name}_{self.seed}_{len(self.files):04d}.h5"
         lengths = [len(ep["frames"]) for ep in self.buffer]
         frames = np.concatenate([ep["frames"] for ep in self.buffer])  # (T, H, W, 3) uint8
-        tmp = path.with_suffix(".h5.tmp")
-        with h5py.File(tmp, "w") as f:
+        # A half-written file never looks like data.
+        with atomic_open(path) as raw, h5py.File(raw, "w") as f:
             f.create_dataset("frames", data=frames, compression="lzf",
                              chunks=(min(CHUNK_FRAMES, len(frames)), *frames.shape[1:]))
             for k in ("actions", "rewards", "dones"):
                 f.create_dataset(k, data=np.concatenate([ep[k] for ep in self.buffer]))
             f.create_dataset("episode_starts", data=np.cumsum([0, *lengths[:-1]], dtype=np.int64))
-        tmp.replace(path)  # a half-written file never looks like data
         self.files.append(path)
         self.buffer = []
 
@@ -108,7 +110,7 @@ def collect_procgen(out_dir: str | Path, env_name: str = "coinrun", num_episodes
     frames, actions, rewards, dones = [], [], [], []
     _, obs, _ = env.observe()
     a, hold = 0, 0
-    with tqdm(total=num_episodes, desc=f"collect {env_name}", unit="ep") as bar:
+    with progress(total=num_episodes, desc=f"collect {env_name}", unit="ep") as bar:
         while writer.episodes < num_episodes:
             if hold == 0:
                 a = int(rng.integers(n_actions))
@@ -137,7 +139,6 @@ def collect_procgen(out_dir: str | Path, env_name: str = "coinrun", num_episodes
 
 
 def _make_gymnasium(env_id: str, max_episode_steps: int | None):
-    import gymnasium as gym
     if env_id.startswith("ALE/"):
         try:
             import ale_py
@@ -175,7 +176,7 @@ def collect_gymnasium(out_dir: str | Path, env_id: str, num_episodes: int = 100,
     env.action_space.seed(seed)
     writer = EpisodeWriter(out_dir, env_id, seed, episodes_per_file)
     try:
-        for ep in tqdm(range(num_episodes), desc=f"collect {env_id}", unit="ep"):
+        for ep in progress(range(num_episodes), desc=f"collect {env_id}", unit="ep"):
             env.reset(seed=seed + ep)
             frames, actions, rewards, dones = [], [], [], []
             while True:

@@ -55,20 +55,17 @@ def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int
         raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
     tokens = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
-    if temperature > 0:
+
+    def per_row_uniforms() -> torch.Tensor:
         # (steps, B, N): one uniform per token and pass, each row's from its own generator.
         if generators is None:
-            uniforms = torch.rand(steps, batch, num_tokens, device=device)
-        else:
-            uniforms = torch.stack([torch.rand(steps, num_tokens, generator=g, device=device)
-                                    for g in generators], dim=1)
+            return torch.rand(steps, batch, num_tokens, device=device)
+        return torch.stack([torch.rand(steps, num_tokens, generator=g, device=device) for g in generators], dim=1)
+
+    if temperature > 0:
+        uniforms = per_row_uniforms()
     if commit_noise > 0:
-        if generators is None:
-            gumbel_u = torch.rand(steps, batch, num_tokens, device=device)
-        else:
-            gumbel_u = torch.stack([torch.rand(steps, num_tokens, generator=g, device=device)
-                                    for g in generators], dim=1)
-        gumbel = -torch.log(-torch.log(gumbel_u.clamp(1e-20, 1 - 1e-7)))
+        gumbel = -torch.log(-torch.log(per_row_uniforms().clamp(1e-20, 1 - 1e-7)))
     n_masked_now = num_tokens  # the schedule is the same for every row
     for k in range(steps):
         logits = logits_fn(tokens).float()

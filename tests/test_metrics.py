@@ -1,0 +1,65 @@
+import numpy as np
+import torch
+
+from genie_env.metrics import (colour_histograms, decode_long, encode_long, infer_actions_long,
+                               nearest_histogram_distance, patch_kmeans_psnr, rightward_progress)
+from genie_env.models import LatentActionModel, VideoTokenizer
+from tests.tiny import lam_cfg, moving_square, tokenizer_cfg
+
+
+def test_rightward_progress_measures_the_scroll():
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 256, (16, 40, 3), dtype=np.uint8)
+    prev, moved_right = scene[:, 10:26], scene[:, 13:29]  # the view slides right: the scene moves left
+    assert rightward_progress(prev, 0, moved_right) == 3
+    assert rightward_progress(moved_right, 0, prev) == -3
+    assert rightward_progress(prev, 0, prev) == 0
+
+
+def test_long_encode_and_decode_equal_the_windowed_ones_and_slide_past_the_window():
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg(max_frames=4)).eval()
+    video, _ = moving_square(2, 4)
+    tokens = encode_long(tok, video)
+    assert torch.equal(tokens, tok.encode(video))
+    torch.testing.assert_close(decode_long(tok, tokens), tok.decode(tokens), atol=1e-5, rtol=1e-5)
+    long_video, _ = moving_square(2, 11)
+    assert encode_long(tok, long_video).shape == (2, 11, 16)
+    assert decode_long(tok, encode_long(tok, long_video)).shape == long_video.shape
+
+
+def test_long_action_inference_reads_each_transition_in_a_window():
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg(max_frames=4)).eval()
+    video, _ = moving_square(3, 10)
+    actions = infer_actions_long(lam, video)
+    assert actions.shape == (3, 9)
+    assert torch.equal(actions[:, :3], lam.infer_actions(video[:, :4]))
+    assert torch.equal(actions[:, 3:6], lam.infer_actions(video[:, 3:7]))
+    assert torch.equal(infer_actions_long(lam, video[:, :4]), lam.infer_actions(video[:, :4]))
+
+
+def test_colour_distance_is_zero_for_a_real_palette_and_one_for_foreign_colours():
+    red = torch.zeros(1, 3, 8, 8)
+    red[:, 0] = 1
+    blue = torch.zeros(1, 3, 8, 8)
+    blue[:, 2] = 1
+    half = torch.cat([red[..., :4], blue[..., 4:]], dim=-1)
+    ref = colour_histograms(torch.cat([red, half]))
+    assert ref.shape == (2, 512) and torch.allclose(ref.sum(1), torch.ones(2))
+    d = nearest_histogram_distance(torch.cat([red, blue, half]), ref)
+    torch.testing.assert_close(d, torch.tensor([0.0, 0.5, 0.0]))
+    green = torch.zeros(1, 3, 8, 8)
+    green[:, 1] = 1
+    assert nearest_histogram_distance(green, ref).item() == 1.0
+
+
+def test_patch_kmeans_baseline_is_exact_on_few_patch_kinds_and_lossy_on_noise():
+    g = torch.Generator().manual_seed(0)
+    kinds = torch.rand(4, 3, 4, 4, generator=g)
+    layout = torch.randint(0, 4, (6, 4, 4), generator=g)  # 6 frames of 4x4 patches
+    frames = torch.stack([torch.cat([torch.cat(list(kinds[row]), dim=-1) for row in f], dim=-2) for f in layout])
+    assert frames.shape == (6, 3, 16, 16)
+    assert patch_kmeans_psnr(frames[:4], frames[4:], patch=4, codes=4) > 60  # every patch is a centroid
+    noise = torch.rand(6, 3, 16, 16, generator=g)
+    assert patch_kmeans_psnr(noise[:4], noise[4:], patch=4, codes=4) < 15
