@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genie_env.config import LAMConfig
-from genie_env.models.tokenizer import check_video, patch_grid, patchify, st_stack, unpatchify
+from genie_env.models.tokenizer import check_video, patch_encoder, patchify, st_stack, unpatchify
 from genie_env.nn.st_transformer import init_weights
 from genie_env.nn.vq import VectorQuantizer
 
@@ -27,10 +27,7 @@ class LatentActionModel(nn.Module):
     def __init__(self, cfg: LAMConfig):
         super().__init__()
         self.cfg = cfg
-        self.grid = patch_grid(cfg)
-        patch_dim = cfg.patch_size ** 2 * cfg.in_channels
-        self.enc_in = nn.Linear(patch_dim, cfg.enc_dim)
-        self.encoder = st_stack(cfg, cfg.enc_dim, cfg.enc_layers, cfg.enc_heads)
+        self.grid, patch_dim, self.enc_in, self.encoder = patch_encoder(cfg)
         self.to_action = nn.Linear(cfg.enc_dim, cfg.action_dim)
         self.vq = VectorQuantizer(cfg.num_actions, cfg.action_dim, cfg.commitment, cfg.dead_code_steps,
                                   cfg.kmeans_init)

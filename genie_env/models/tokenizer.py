@@ -43,6 +43,15 @@ def st_stack(cfg, dim: int, layers: int, heads: int) -> STTransformer:
                          qk_norm=cfg.qk_norm, grad_checkpointing=cfg.grad_checkpointing)
 
 
+def patch_encoder(cfg) -> tuple[tuple[int, int], int, nn.Linear, STTransformer]:
+    """What the two pixel models (tokenizer, LAM) begin with: their token grid, the size of a
+    flattened patch, the patch embedding and the causal ST encoder over it."""
+    grid = patch_grid(cfg)
+    patch_dim = cfg.patch_size ** 2 * cfg.in_channels
+    enc_in = nn.Linear(patch_dim, cfg.enc_dim)
+    return grid, patch_dim, enc_in, st_stack(cfg, cfg.enc_dim, cfg.enc_layers, cfg.enc_heads)
+
+
 def check_video(video: torch.Tensor, image_size: tuple[int, int], channels: int, who: str) -> None:
     if video.ndim != 5 or video.shape[2] != channels or tuple(video.shape[-2:]) != tuple(image_size):
         raise ValueError(f"{who} expects video of shape (B, T, {channels}, {image_size[0]}, "
@@ -60,10 +69,7 @@ class VideoTokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
-        self.grid = patch_grid(cfg)
-        patch_dim = cfg.patch_size ** 2 * cfg.in_channels
-        self.enc_in = nn.Linear(patch_dim, cfg.enc_dim)
-        self.encoder = st_stack(cfg, cfg.enc_dim, cfg.enc_layers, cfg.enc_heads)
+        self.grid, patch_dim, self.enc_in, self.encoder = patch_encoder(cfg)
         code_dim = len(cfg.fsq_levels) if cfg.quantizer == "fsq" else cfg.code_dim
         self.to_code = nn.Linear(cfg.enc_dim, code_dim)
         if cfg.quantizer == "fsq":
