@@ -41,8 +41,9 @@ def test_progress_prints_a_line_every_few_seconds_off_a_terminal(capsys):
     from genie_env.progress import progress
     out = io.StringIO()
     bar = progress(total=3000, desc="train", interval=0.05, stream=out)
-    for _ in range(3000):
+    for i in range(3000):
         bar.update(1)
+        bar.set_postfix(loss=f"{1 / (i + 1):.4f}", refresh=False)  # as the trainers do
     time.sleep(0.06)
     bar.update(0)
     bar.close()

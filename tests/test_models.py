@@ -277,7 +277,7 @@ def test_reward_and_termination_heads_learn_and_predict():
         r, d = m.predict_reward_done(h, acts[:, 0])
         return ((r > 0.5).float() == rewards[:, 0]).float().mean() > 0.8
     _train(dyn, batch, 2000, until=predicted)
-    assert dyn(tokens, acts, rewards, dones)["reward_loss"].item() < 0.5 * first
+    assert dyn(tokens, acts, rewards, dones)["reward_loss"].item() < 0.75 * first
     h = dyn.observe(dyn.new_cache(32), tokens[:, 0], None)
     r, d = dyn.predict_reward_done(h, acts[:, 0])
     assert r.shape == d.shape == (32,) and ((d >= 0) & (d <= 1)).all()

@@ -286,7 +286,7 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
                 rates.append(fps)
                 t0 = now
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", fps=f"{fps:.0f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", fps=f"{fps:.0f}", refresh=False)
                 if step % tc.log_every == 0 or step == tc.max_steps:
                     scalars = _scalars(out)
                     scalars.update(lr=sched.get_last_lr()[0], grad_norm=float(grad_norm), frames_per_s=fps,
