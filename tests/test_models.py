@@ -263,9 +263,11 @@ def test_reward_and_termination_heads_learn_and_predict():
     dyn = DynamicsModel(dynamics_cfg(reward_head=True))
 
     def batch(_):
-        tokens = torch.randint(0, 16, (32, 3, 4))
+        # Each frame is one token repeated; the reward is visible in the frame itself. The heads
+        # read a trunk that MaskGIT alone trains, so what they need must survive its pooling.
+        tokens = torch.randint(0, 16, (32, 3, 1)).expand(32, 3, 4).contiguous()
         acts = torch.randint(0, 4, (32, 2))
-        rewards = (tokens[:, :, 0] < 8).float()  # reward visible in the frame itself
+        rewards = (tokens[:, :, 0] < 8).float()
         dones = torch.zeros(32, 3)
         return tokens, acts, rewards, dones
 
