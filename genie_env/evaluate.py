@@ -40,6 +40,7 @@ from genie_env.bundled import bundled_paths, load_action_map
 from genie_env.metrics import (decode_long, infer_actions_long, nearest_histogram_distance, colour_histograms,
                                patch_kmeans_psnr, psnr_per_frame, rightward_progress, rollout)
 from genie_env.video import to_uint8_frames, write_video
+from genie_env.nn.vq import code_stats
 from genie_env.world import World
 
 log = logging.getLogger("genie_env.eval")
@@ -174,12 +175,15 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     g = torch.Generator().manual_seed(seed)
     sums: dict[str, list] = {}
     latents, trues = [], []
+    token_counts = torch.zeros(tokenizer.cfg.num_codes, dtype=torch.long)
     first = None
     for start in range(0, len(idx), batch):
         items = [val[i] for i in idx[start:start + batch]]
         video = torch.stack([it["frames"] for it in items]).to(dev)
         n = video.shape[0]
-        recon = tokenizer.decode(tokenizer.encode(video))
+        tokens = tokenizer.encode(video)
+        token_counts += torch.bincount(tokens.flatten().cpu(), minlength=tokenizer.cfg.num_codes)
+        recon = tokenizer.decode(tokens)
         lam_out = lam.eval()(video)
         actions = lam_out["actions"]
         gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]
@@ -204,15 +208,16 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
 
     p_inf, p_rand = mean("roll_inferred"), mean("roll_random")
     latent = torch.cat(latents).numpy()
-    counts = np.bincount(latent, minlength=lam.cfg.num_actions) / len(latent)
-    nz = counts[counts > 0]
+    lam_stats = code_stats(torch.from_numpy(latent), lam.cfg.num_actions)
     t = min(4, clip_len - 1)  # frames counted from 0 here: index 4 is the paper's t = 4 after the prompt
     results = {
         "clips": len(idx), "clip_len": clip_len, "split": split,
         "tokenizer PSNR (dB)": float(mean("tok_psnr")), "tokenizer SSIM": float(mean("tok_ssim")),
+        "tokenizer codebook perplexity": float(code_stats(None, tokenizer.cfg.num_codes, token_counts.float())["perplexity"]),
+        "tokenizer codebook size": tokenizer.cfg.num_codes,
         "LAM next-frame PSNR (dB)": float(mean("lam_psnr")),
-        "LAM codebook usage": float((counts > 0).mean()),
-        "LAM perplexity": float(np.exp(-(nz * np.log(nz)).sum())),
+        "LAM codebook usage": float(lam_stats["usage"]),
+        "LAM perplexity": float(lam_stats["perplexity"]),
         "rollout PSNR by t, inferred actions (dB)": [round(float(x), 3) for x in p_inf[1:]],
         "rollout PSNR by t, random actions (dB)": [round(float(x), 3) for x in p_rand[1:]],
         f"rollout PSNR at t={t}, inferred actions (dB)": float(p_inf[t]),
