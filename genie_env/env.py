@@ -40,7 +40,6 @@ from genie_env.video import to_uint8
 from genie_env.world import check_episode_args, step_outcome
 
 
-
 def frames_to_obs(frames: torch.Tensor) -> np.ndarray:
     """(k, 3, H, W) in [0, 1] -> (k, H, W, 3) uint8, a fresh array."""
     return to_uint8(frames).permute(0, 2, 3, 1).cpu().numpy()

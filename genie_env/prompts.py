@@ -6,11 +6,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from genie_env.data.h5 import H5Episodes
-from genie_env.video import check_pixel_range, to_uint8
+from genie_env.video import check_pixel_range, resize_frames, to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -83,7 +82,7 @@ def load_prompts(prompt, image_size: tuple[int, int], where: str = "prompt") -> 
         if abs((w / h) / (tw / th) - 1) > 0.05:
             raise ValueError(f"{where}: prompt frames are {h}x{w} but the model needs {th}x{tw}; the aspect "
                              f"ratio differs too much to resize safely. Crop the image to {tw}:{th} first.")
-        x = F.interpolate(x, size=(th, tw), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+        x = resize_frames(x, (th, tw))
     return x
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageSequence
 
 
@@ -27,6 +28,14 @@ def to_uint8(pixels):
     if isinstance(pixels, torch.Tensor):
         return (pixels.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def resize_frames(frames: torch.Tensor, size) -> torch.Tensor:
+    """Frames (N, C, H, W) in [0, 1] resized to ``size`` (h, w): bilinear with antialiasing, so a
+    downscale averages instead of skipping pixels; a frame already that size is returned as is."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    return F.interpolate(frames, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
 
 
 def to_uint8_frames(video) -> np.ndarray:

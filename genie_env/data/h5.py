@@ -27,11 +27,10 @@ from typing import Sequence
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.data import Dataset
 
-from genie_env.video import check_pixel_range, to_uint8
+from genie_env.video import check_pixel_range, resize_frames, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +285,7 @@ class ClipDataset(Dataset):
         i, start = self.index[idx]
         raw = self.files[i].read(self._handle(i), start, start + self.clip_len)
         frames = rearrange(torch.from_numpy(raw["frames"]), "t h w c -> t c h w").float().div_(255.0)
-        if tuple(frames.shape[-2:]) != self.image_size:
-            frames = F.interpolate(frames, size=self.image_size, mode="bilinear", antialias=True,
-                                   align_corners=False).clamp_(0, 1)
-        item = {"frames": frames.contiguous()}
+        item = {"frames": resize_frames(frames, self.image_size).contiguous()}
         if "actions" in raw:
             a = raw["actions"]
             item["actions"] = torch.from_numpy(a.astype(np.int64 if np.issubdtype(a.dtype, np.integer) else np.float32))
