@@ -105,8 +105,8 @@ def long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon: int,
     still = psnr_per_frame(video[:, :1].expand_as(video), video)
     marks = sorted({t for t in (4, dynamics.cfg.max_frames, 2 * dynamics.cfg.max_frames, 16, horizon) if t <= horizon})
     return {"long clips": len(idx),
-            **{f"rollout PSNR at t={t}, inferred actions (dB)": float(p[t]) for t in marks},
-            **{f"repeat-the-prompt PSNR at t={t} (dB)": float(still[t]) for t in marks}}
+            **{f"long clips: rollout PSNR at t={t}, inferred actions (dB)": float(p[t]) for t in marks},
+            **{f"long clips: repeat-the-prompt PSNR at t={t} (dB)": float(still[t]) for t in marks}}
 
 
 @torch.no_grad()

@@ -13,8 +13,7 @@ import torch
 from genie_env.bundled import bundled_paths
 from genie_env.data.h5 import ClipDataset
 from genie_env.metrics import colour_histograms, nearest_histogram_distance
-
-DRIFT_LIMIT = 0.5  # total-variation distance of colour histograms; 1 = no colour in common
+from genie_env.prompts import load_prompts
 
 
 def test_bundled_files_are_small_and_safe():
@@ -46,14 +45,16 @@ def test_make_with_no_arguments_steps_a_thousand_times_and_stays_a_coinrun_scene
             env.reset()
     assert truncated  # gym.make's 1000-step limit
     assert info["context_length"] == 7  # the bundled window: 8 frames
-    # Drift: the colours of every 100th frame stay close to those of some real CoinRun frame
-    # (levels no training run used), as close as real frames of other levels are.
+    # Drift: every 100th frame's colours stay about as close to some real CoinRun frame (the
+    # fixture's 12 levels) as the bundled prompts, real frames of other levels, are. Frames gone
+    # to noise or to one flat colour score 0.9 and more (1 = no colour in common).
     real = ClipDataset(coinrun_dir, clip_len=1, image_size=(64, 64))
     pick = np.linspace(0, len(real) - 1, 200).astype(int)
     reference = colour_histograms(torch.stack([real[int(i)]["frames"][0] for i in pick]))
+    other_levels = nearest_histogram_distance(load_prompts(bundled_paths()["prompts"], (64, 64)), reference)
     generated = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
     distance = nearest_histogram_distance(generated, reference)
-    assert distance.max() < DRIFT_LIMIT, distance
+    assert distance.max() < other_levels.max() + 0.15, (distance, other_levels)
 
 
 def test_bundled_env_passes_the_checker():
@@ -90,11 +91,15 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
     assert len(bf16["rollout PSNR by t, inferred actions (dB)"]) == 7
     assert fp32["LAM vs true actions: accuracy"] == bf16["LAM vs true actions: accuracy"]  # the LAM stays fp32
     for key in ("k-means baseline PSNR (dB)", "repeat-the-prompt PSNR at t=4 (dB)",
-                "rollout PSNR at t=16, inferred actions (dB)", "repeat-the-prompt PSNR at t=16 (dB)",
+                "long clips: rollout PSNR at t=16, inferred actions (dB)",
+                "long clips: repeat-the-prompt PSNR at t=16 (dB)",
                 "drift: colour distance at step 20", "drift: real held-out frames' colour distance",
                 "arrow keys: right scrolls right (fraction)", "arrow keys: left scrolls left (fraction)"):
         assert key in fp32 and np.isfinite(fp32[key]), key
     assert fp32["arrow keys: trials"] == 64  # 8 prompts x 2 directions x 4 seeds
+    # The 8-frame clips' t=4 figures are their own, not the long clips' (which once overwrote them).
+    by_t = fp32["rollout PSNR by t, inferred actions (dB)"]  # rounded to 3 decimals
+    assert abs(fp32["rollout PSNR at t=4, inferred actions (dB)"] - by_t[3]) < 1e-3
 
 
 def test_filmstrip_of_the_bundled_model_with_a_held_out_clip(coinrun_dir, tmp_path):

@@ -19,13 +19,15 @@ from trainers import train_dynamics, train_lam, train_tokenizer
 log = logging.getLogger("genie_env.pipeline")
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = {"tiny": CONFIG_ROOT / "tiny", "bundled": CONFIG_ROOT / "bundled", "seed": CONFIG_ROOT}
+PRESETS = {"tiny": CONFIG_ROOT / "tiny", "bundled": CONFIG_ROOT / "bundled",
+           "candidate": CONFIG_ROOT / "candidate", "seed": CONFIG_ROOT}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="which configs: tiny (CPU, minutes), bundled (the model shipped in the package, "
-                        "CPU, an hour or more) or seed (the full sizes, GPU)")
+                        "CPU, under an hour), candidate (issue 9's 4x4-patch world, CPU, about two hours) "
+                        "or seed (the full sizes, GPU)")
     p.add_argument("--data_dir", default="data/coinrun", help="H5 episodes; collected here if empty")
     p.add_argument("--out_dir", default="runs/pipeline", help="checkpoints, logs, video and results")
     p.add_argument("--episodes", type=int, default=60, help="CoinRun episodes to collect when data_dir is empty")
