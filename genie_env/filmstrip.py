@@ -23,7 +23,7 @@ from genie_env.checkpoint import load_model
 from genie_env.cli import check_positive
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device
-from genie_env.metrics import decode_long, encode_long, infer_actions_long
+from genie_env.metrics import decode_long, encode_long, infer_actions_long, rollout
 from genie_env.prompts import load_prompts
 from genie_env.video import to_uint8_frames
 from genie_env.world import World
@@ -75,11 +75,10 @@ def clip_rows(tokenizer, lam, dynamics, video: torch.Tensor, scale: int, seed: i
     inferred = infer_actions_long(lam, video)
     g = torch.Generator().manual_seed(seed)
     random = torch.randint(0, dynamics.cfg.num_actions, inferred.shape, generator=g).to(dev)
-    first = tokenizer.encode(video[:, :1])
     rows = [("ground\ntruth", video), ("tokenizer\nrecon", recon)]
     for name, acts in (("rollout\ninferred a", inferred), ("rollout\nrandom a", random)):
         gens = [torch.Generator(device=dev).manual_seed(seed)]
-        rows.append((name, decode_long(tokenizer, dynamics.generate(first, acts, generators=gens))))
+        rows.append((name, rollout(tokenizer, dynamics, video, acts, generators=gens)))
     return [_row(v[0].cpu(), label, scale) for label, v in rows]
 
 

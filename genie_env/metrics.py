@@ -23,10 +23,11 @@ def psnr_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def rollout(tokenizer, dynamics, video: torch.Tensor, actions: torch.Tensor, steps: int | None = None,
             temperature: float | None = None, generators=None) -> torch.Tensor:
     """Generate video (B, T, C, H, W) from its first frame and ``actions`` (B, T-1), decoded to
-    float32 pixels, at the tokenizer's and dynamics model's own precision."""
+    float32 pixels, at the tokenizer's and dynamics model's own precision. A rollout longer than
+    the tokenizer's window is decoded frame by frame (:func:`decode_long`)."""
     tokens = tokenizer.encode(video[:, :1])
     gen = dynamics.generate(tokens, actions, steps=steps, temperature=temperature, generators=generators)
-    return tokenizer.decode(gen)
+    return tokenizer.decode(gen) if gen.shape[1] <= tokenizer.cfg.max_frames else decode_long(tokenizer, gen)
 
 
 @torch.no_grad()
