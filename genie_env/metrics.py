@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from genie_env.nn.vq import assign_nearest, kmeans
+
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean PSNR in dB over the leading (batch) axis of images in [0, 1]."""
@@ -92,20 +94,8 @@ def patch_kmeans_psnr(train_frames: torch.Tensor, test_frames: torch.Tensor, pat
         return rearrange(x.float(), "n c (h p1) (w p2) -> (n h w) (p1 p2 c)", p1=patch, p2=patch)
 
     data, test = patches(train_frames), patches(test_frames)
-    g = torch.Generator().manual_seed(seed)
-    # k-means++ seeding: each seed drawn in proportion to its squared distance from the others.
-    picks = [int(torch.randint(0, data.shape[0], (1,), generator=g))]
-    d2 = (data - data[picks[0]]).square().sum(dim=1)
-    for _ in range(1, min(codes, data.shape[0])):
-        picks.append(int(torch.multinomial(d2 + 1e-12, 1, generator=g)))
-        d2 = torch.minimum(d2, (data - data[picks[-1]]).square().sum(dim=1))
-    centroids = data[picks].clone()
-    for _ in range(iters):
-        assign = torch.cdist(data, centroids).argmin(dim=1)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, data)
-        counts = torch.bincount(assign, minlength=centroids.shape[0])[:, None]
-        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
-    recon = centroids[torch.cdist(test, centroids).argmin(dim=1)]
+    centroids = kmeans(data, min(codes, data.shape[0]), iters, torch.Generator().manual_seed(seed), spherical=False)
+    recon = centroids[assign_nearest(test, centroids, spherical=False)]
     gh, gw = test_frames.shape[-2] // patch, test_frames.shape[-1] // patch
     recon = rearrange(recon, "(n h w) (p1 p2 c) -> n c (h p1) (w p2)", h=gh, w=gw, p1=patch, p2=patch)
     return float(psnr(recon, test_frames))

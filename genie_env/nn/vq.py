@@ -27,32 +27,48 @@ def code_stats(indices: torch.Tensor, num_codes: int, counts: torch.Tensor | Non
     return {"perplexity": perplexity, "usage": (counts > 0).float().mean()}
 
 
+def _sq_dist(x: torch.Tensor, c: torch.Tensor, spherical: bool) -> torch.Tensor:
+    """Squared distances (N, K) between rows of x (N, D) and c (K, D); unit vectors when spherical."""
+    if spherical:
+        return (2 - 2 * x @ c.t()).clamp(min=0)
+    return torch.cdist(x, c).square()
+
+
 def spread_picks(x: torch.Tensor, n: int, centres: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Indices of ``n`` rows of unit vectors x (N, D), each drawn with probability proportional to
-    its squared distance from ``centres`` and the rows already drawn (k-means++ seeding): new
-    codes land where no code is yet, and spread out instead of piling onto one spot."""
+                 generator: torch.Generator | None = None, spherical: bool = True) -> torch.Tensor:
+    """Indices of ``n`` rows of x (N, D), each drawn with probability proportional to its
+    squared distance from ``centres`` and the rows already drawn (k-means++ seeding): new codes
+    land where no code is yet, and spread out instead of piling onto one spot. ``spherical``:
+    the rows are unit vectors (the VQ codebook's space); otherwise plain Euclidean vectors."""
     if centres is None or centres.shape[0] == 0:
         first = torch.randint(0, x.shape[0], (1,), generator=generator, device=x.device)
-        picks, d2 = [first], (2 - 2 * (x @ x[first].t()).squeeze(1)).clamp(min=0)
+        picks, d2 = [first], _sq_dist(x, x[first], spherical).squeeze(1)
     else:
-        picks, d2 = [], (2 - 2 * (x @ centres.t()).max(dim=1).values).clamp(min=0)
+        picks, d2 = [], _sq_dist(x, centres, spherical).min(dim=1).values
     while len(picks) < n:
         pick = torch.multinomial(d2 + 1e-12, 1, generator=generator)
         picks.append(pick)
-        d2 = torch.minimum(d2, (2 - 2 * (x @ x[pick].t()).squeeze(1)).clamp(min=0))
+        d2 = torch.minimum(d2, _sq_dist(x, x[pick], spherical).squeeze(1))
     return torch.cat(picks)
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
-    """k centroids of unit vectors x (N, D) by spherical k-means, seeded by k-means++ (N >= k)."""
-    c = x[spread_picks(x, k, generator=generator)]
+def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None,
+           spherical: bool = True) -> torch.Tensor:
+    """k centroids of x (N, D) by k-means (Lloyd's iterations), seeded by k-means++ (N >= k).
+    ``spherical``: x holds unit vectors and so do the centroids (cosine k-means)."""
+    c = x[spread_picks(x, k, generator=generator, spherical=spherical)]
     for _ in range(iters):
-        assign = (x @ c.t()).argmax(dim=1)
+        assign = assign_nearest(x, c, spherical)
         sums = torch.zeros_like(c).index_add_(0, assign, x)
-        filled = torch.bincount(assign, minlength=k) > 0
-        c = torch.where(filled[:, None], F.normalize(sums, dim=-1), c)
+        counts = torch.bincount(assign, minlength=k)[:, None]
+        means = F.normalize(sums, dim=-1) if spherical else sums / counts.clamp(min=1)
+        c = torch.where(counts > 0, means, c)
     return c
+
+
+def assign_nearest(x: torch.Tensor, c: torch.Tensor, spherical: bool = True) -> torch.Tensor:
+    """Index of the nearest row of c for each row of x."""
+    return _sq_dist(x, c, spherical).argmin(dim=1)
 
 
 class VectorQuantizer(nn.Module):
