@@ -37,7 +37,7 @@ from genie_env.checkpoint import load_model, load_model_and_config
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
-from genie_env.metrics import (infer_actions_long, nearest_histogram_distance, colour_histograms,
+from genie_env.metrics import (nearest_histogram_distance, colour_histograms,
                                patch_kmeans_psnr, psnr_per_frame, rightward_progress, rollout)
 from genie_env.video import to_uint8_frames, write_video
 from genie_env.nn.vq import code_stats
@@ -98,7 +98,7 @@ def long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon: int,
         log.warning("no long-horizon rollout: %s", e)
         return {}
     video = _frames(ds, idx).to(dev)
-    actions = infer_actions_long(lam, video)
+    actions = lam.infer_actions(video)
     gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(video.shape[0])]
     p = psnr_per_frame(rollout(tokenizer, dynamics, video, actions, generators=gens), video)
     still = psnr_per_frame(video[:, :1].expand_as(video), video)

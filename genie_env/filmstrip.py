@@ -23,7 +23,7 @@ from genie_env.checkpoint import load_model
 from genie_env.cli import check_positive
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device
-from genie_env.metrics import decode_long, encode_long, infer_actions_long, rollout
+from genie_env.metrics import decode_long, encode_long, rollout
 from genie_env.prompts import load_prompts
 from genie_env.video import to_uint8_frames
 from genie_env.world import World
@@ -72,7 +72,7 @@ def clip_rows(tokenizer, lam, dynamics, video: torch.Tensor, scale: int, seed: i
     dev = next(dynamics.parameters()).device
     video = video[None].to(dev)
     recon = decode_long(tokenizer, encode_long(tokenizer, video))
-    inferred = infer_actions_long(lam, video)
+    inferred = lam.infer_actions(video)
     g = torch.Generator().manual_seed(seed)
     random = torch.randint(0, dynamics.cfg.num_actions, inferred.shape, generator=g).to(dev)
     rows = [("ground\ntruth", video), ("tokenizer\nrecon", recon)]

@@ -48,15 +48,6 @@ def decode_long(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
     return torch.stack([tokenizer.decode_step(tokens[:, t], cache) for t in range(tokens.shape[1])], dim=1)
 
 
-@torch.no_grad()
-def infer_actions_long(lam, video: torch.Tensor) -> torch.Tensor:
-    """Latent actions (B, T-1) of a video longer than the LAM's window, in windows of
-    ``max_frames`` frames that overlap by one (a transition needs both of its frames)."""
-    window = lam.cfg.max_frames
-    actions = [lam.infer_actions(video[:, s:s + window]) for s in range(0, video.shape[1] - 1, window - 1)]
-    return torch.cat(actions, dim=1)
-
-
 def rightward_progress(prev: np.ndarray, action: int, obs: np.ndarray, max_shift: int = 4) -> float:
     """Pixels the scene scrolled left from ``prev`` to ``obs`` (H, W, 3) (the agent moving right
     in a side-scroller such as CoinRun), in [-max_shift, max_shift]: the horizontal shift that best

@@ -44,3 +44,11 @@ def test_trainers_benchmark_runs_the_three_trainers(coinrun_dir):
     for kind in ("tokenizer", "lam", "dynamics"):
         cells = next(line for line in out.splitlines() if line.startswith(f"| train_{kind} |")).split(" | ")
         assert cells[1] == "3" and cells[2] == "2 x 8" and float(cells[3]) > 0 and float(cells[4]) > 0
+
+
+def test_lam_context_ab_reports_both_arms(coinrun_dir):
+    for context, batch in (("8", "2"), ("2", "6")):
+        out = run("benchmarks/lam_context.py", "--context", context, "--batch_size", batch, "--steps", "2",
+                  "--every", "1", "--data_dir", str(coinrun_dir), "--heldout", str(coinrun_dir))
+        lines = [line for line in out.splitlines() if line.startswith(f"context {context} step ")]
+        assert len(lines) == 2 and "MI " in lines[-1] and "code shares" in lines[-1]

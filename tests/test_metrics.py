@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from genie_env.metrics import (colour_histograms, decode_long, encode_long, infer_actions_long,
+from genie_env.metrics import (colour_histograms, decode_long, encode_long,
                                nearest_histogram_distance, patch_kmeans_psnr, rightward_progress)
 from genie_env.models import LatentActionModel, VideoTokenizer
 from tests.tiny import lam_cfg, moving_square, tokenizer_cfg
@@ -26,17 +26,6 @@ def test_long_encode_and_decode_equal_the_windowed_ones_and_slide_past_the_windo
     long_video, _ = moving_square(2, 11)
     assert encode_long(tok, long_video).shape == (2, 11, 16)
     assert decode_long(tok, encode_long(tok, long_video)).shape == long_video.shape
-
-
-def test_long_action_inference_reads_each_transition_in_a_window():
-    torch.manual_seed(0)
-    lam = LatentActionModel(lam_cfg(max_frames=4)).eval()
-    video, _ = moving_square(3, 10)
-    actions = infer_actions_long(lam, video)
-    assert actions.shape == (3, 9)
-    assert torch.equal(actions[:, :3], lam.infer_actions(video[:, :4]))
-    assert torch.equal(actions[:, 3:6], lam.infer_actions(video[:, 3:7]))
-    assert torch.equal(infer_actions_long(lam, video[:, :4]), lam.infer_actions(video[:, :4]))
 
 
 def test_colour_distance_is_zero_for_a_real_palette_and_one_for_foreign_colours():

@@ -123,6 +123,26 @@ def test_lam_shapes():
         lam.infer_actions(video[:, :1])
 
 
+def test_lam_reads_a_video_longer_than_its_window_in_overlapping_windows():
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg(max_frames=4)).eval()
+    video, _ = moving_square(3, 10)
+    actions = lam.infer_actions(video)
+    assert actions.shape == (3, 9)
+    assert torch.equal(actions[:, :3], lam.infer_actions(video[:, :4]))
+    assert torch.equal(actions[:, 3:6], lam.infer_actions(video[:, 3:7]))
+    assert torch.equal(actions[:, 6:], lam.infer_actions(video[:, 6:]))
+    out, first = lam(video), lam(video[:, :4])
+    assert torch.equal(out["actions"], actions) and out["recon"].shape == (3, 9, 3, 16, 16)
+    torch.testing.assert_close(out["recon"][:, :3], first["recon"])
+    # The loss is the mean over all nine transitions: windows of 3, 3 and 3 weigh alike.
+    parts = [lam(video[:, w])["recon_loss"] for w in (slice(0, 4), slice(3, 7), slice(6, 10))]
+    torch.testing.assert_close(out["recon_loss"], sum(parts) / 3)
+    pairs = LatentActionModel(lam_cfg(max_frames=2)).eval()
+    assert torch.equal(pairs.infer_actions(video),
+                       torch.cat([pairs.infer_actions(video[:, t:t + 2]) for t in range(9)], dim=1))
+
+
 def test_lam_is_causal():
     torch.manual_seed(0)
     lam = LatentActionModel(lam_cfg()).eval()

@@ -196,6 +196,21 @@ def test_bad_inputs_fail_before_any_compute(tmp_path, trained, coinrun_dir):
                                      "--lam_path", str(trained["tokenizer"])))
 
 
+def test_a_pairwise_lam_labels_longer_dynamics_clips(tmp_path, trained, coinrun_dir):
+    # A LAM that sees two frames (max_frames 2, trained on pairs) labels the dynamics model's
+    # 4-frame clips pair by pair; a longer clip is no reason to refuse it.
+    cfg = yaml.safe_load(micro_config(tmp_path, "lam", steps=4).read_text())
+    cfg["model"]["max_frames"], cfg["data"]["clip_len"] = 2, 2
+    (tmp_path / "pair_lam.yaml").write_text(yaml.safe_dump(cfg))
+    lam = train_lam.main(args_for(train_lam.base_parser("lam"), tmp_path / "pair_lam.yaml", coinrun_dir, tmp_path / "p"))
+    dyn = train_dynamics.main(args_for(train_dynamics.parser(), micro_config(tmp_path, "dynamics", steps=4), coinrun_dir,
+                                       tmp_path / "p", "--tokenizer_path", str(trained["tokenizer"]), "--lam_path", str(lam)))
+    assert load_checkpoint(dyn)["step"] == 4
+    video = _val_batch(coinrun_dir)
+    pairs = load_model(lam, "lam")
+    assert pairs.infer_actions(video).shape == (video.shape[0], 3)
+
+
 def test_cli_reports_errors_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-m", "trainers.train_tokenizer", "--config",

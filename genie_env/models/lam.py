@@ -8,6 +8,11 @@ at t+1 alone, a tiny CoinRun LAM used 2 of its 8 codes; with the change, all 8; 
 x_1..x_t plus the action of t -> t+1 as an additive embedding on frame t's patches and predicts
 x_{t+1}; the tiny codebook is the bottleneck that forces the action to carry only what changes.
 At inference only the codebook matters: the dynamics model is conditioned on its indices.
+
+A video longer than ``max_frames`` is read in windows of ``max_frames`` frames that overlap by
+one (a transition needs both its frames), so the LAM labels clips of any length; with
+``max_frames: 2`` each action sees only its own two frames (docs/design.md: that LAM's actions
+carry more of the true action than one that sees a history, which already shows the motion).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from torch import nn
 from genie_env.config import LAMConfig
 from genie_env.models.tokenizer import check_video, patch_encoder, patchify, st_stack, unpatchify
 from genie_env.nn.st_transformer import init_weights
-from genie_env.nn.vq import VectorQuantizer
+from genie_env.nn.vq import VectorQuantizer, code_stats
 
 
 class LatentActionModel(nn.Module):
@@ -52,8 +57,13 @@ class LatentActionModel(nn.Module):
         out = torch.sigmoid(self.dec_out(self.decoder(x)))
         return unpatchify(out, self.cfg.patch_size, self.grid, self.cfg.in_channels)
 
-    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training pass: next-frame reconstruction + VQ loss over all T-1 transitions."""
+    def windows(self, num_frames: int) -> list[slice]:
+        """The frame windows of at most ``max_frames`` frames, overlapping by one frame, whose
+        transitions are those of a ``num_frames``-frame video, in order."""
+        w = self.cfg.max_frames
+        return [slice(s, s + w) for s in range(0, num_frames - 1, w - 1)]
+
+    def _forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         z_q, actions, vq = self.vq(self._encode(video))
         recon = self.decode(video, z_q.to(video.dtype))
         recon_loss = F.mse_loss(recon.float(), video[:, 1:].float())
@@ -61,7 +71,21 @@ class LatentActionModel(nn.Module):
                 "perplexity": vq["perplexity"], "usage": vq["usage"], "actions": actions,
                 "recon": recon.detach()}
 
+    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass: next-frame reconstruction + VQ loss over all T-1 transitions (in
+        windows when T exceeds ``max_frames``; losses are then averaged over transitions)."""
+        if video.shape[1] <= self.cfg.max_frames:
+            return self._forward(video)
+        outs = [self._forward(video[:, w]) for w in self.windows(video.shape[1])]
+        share = [o["actions"].shape[1] / (video.shape[1] - 1) for o in outs]
+        out = {k: sum(o[k] * s for o, s in zip(outs, share)) for k in ("loss", "recon_loss", "vq_loss")}
+        out["actions"] = torch.cat([o["actions"] for o in outs], dim=1)
+        out["recon"] = torch.cat([o["recon"] for o in outs], dim=1)
+        return {**out, **code_stats(out["actions"], self.cfg.num_actions)}
+
     @torch.no_grad()
     def infer_actions(self, video: torch.Tensor) -> torch.Tensor:
-        """Latent action indices (B, T-1) int64 for each transition of ``video``."""
-        return self.vq.nearest(self._encode(video))
+        """Latent action indices (B, T-1) int64 for each transition of ``video`` (any T >= 2)."""
+        if video.shape[1] < 2:
+            raise ValueError(f"the LAM needs at least 2 frames to infer an action, got {video.shape[1]}")
+        return torch.cat([self.vq.nearest(self._encode(video[:, w])) for w in self.windows(video.shape[1])], dim=1)
