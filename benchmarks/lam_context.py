@@ -67,7 +67,8 @@ def main() -> None:
             share = np.bincount(latent, minlength=lam.cfg.num_actions) / latent.size
             print(f"context {args.context} step {step}: next-frame PSNR "
                   f"{float(psnr(out['recon'].flatten(0, 1), video[:, 1:].flatten(0, 1))):.2f} dB, "
-                  f"MI {agree['mutual information (bits)']:.3f} bits, accuracy {agree['accuracy']:.3f} "
+                  f"MI {agree['mutual information (bits)']:.3f} bits "
+                  f"(bias-corrected {agree['mutual information, bias-corrected (bits)']:.3f}), accuracy {agree['accuracy']:.3f} "
                   f"(chance {agree['chance accuracy']:.3f}), code shares {np.round(share, 2).tolist()}, "
                   f"{time.time() - start:.0f} s", flush=True)
 

@@ -90,6 +90,9 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
     assert abs(fp32["tokenizer PSNR (dB)"] - bf16["tokenizer PSNR (dB)"]) < 0.5
     assert len(bf16["rollout PSNR by t, inferred actions (dB)"]) == 7
     assert fp32["LAM vs true actions: accuracy"] == bf16["LAM vs true actions: accuracy"]  # the LAM stays fp32
+    # The LAM's agreement is read on more clips than the rollouts: all of this small data's.
+    assert fp32["LAM vs true actions: transitions"] > 8 * 7
+    assert fp32["LAM vs true actions: mutual information, bias-corrected (bits)"] < fp32["LAM vs true actions: mutual information (bits)"]
     for key in ("k-means baseline PSNR (dB)", "repeat-the-prompt PSNR at t=4 (dB)",
                 "long clips: rollout PSNR at t=16, inferred actions (dB)",
                 "long clips: repeat-the-prompt PSNR at t=16 (dB)",
@@ -100,6 +103,20 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
     # The 8-frame clips' t=4 figures are their own, not the long clips' (which once overwrote them).
     by_t = fp32["rollout PSNR by t, inferred actions (dB)"]  # rounded to 3 decimals
     assert abs(fp32["rollout PSNR at t=4, inferred actions (dB)"] - by_t[3]) < 1e-3
+
+
+def test_eval_commit_noise_changes_the_rollouts_only(coinrun_dir, tmp_path):
+    from genie_env.cli import main
+    results = {}
+    for noise in ("0", "4"):
+        assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "4", "--out", str(tmp_path / noise),
+                     "--device", "cpu", "--horizon", "0", "--long_steps", "0", "--commit_noise", noise]) == 0
+        results[noise] = json.loads((tmp_path / noise / "results.json").read_text())
+    plain, noisy = results["0"], results["4"]
+    assert plain["commit noise"] == 0.0 and noisy["commit noise"] == 4.0
+    assert plain["tokenizer PSNR (dB)"] == noisy["tokenizer PSNR (dB)"]
+    assert plain["rollout PSNR by t, inferred actions (dB)"] != noisy["rollout PSNR by t, inferred actions (dB)"]
+    assert main(["eval", "--data_dir", str(coinrun_dir), "--commit_noise", "-1", "--device", "cpu"]) == 2
 
 
 def test_filmstrip_of_the_bundled_model_with_a_held_out_clip(coinrun_dir, tmp_path):

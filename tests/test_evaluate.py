@@ -34,5 +34,10 @@ def test_action_agreement():
     assert a["accuracy"] == 1.0 and abs(a["mutual information (bits)"] - 2.0) < 0.01
     independent = action_agreement(rng.integers(0, 8, 4000), true)
     assert independent["mutual information (bits)"] < 0.02
+    # Few pairs: the plug-in estimate of independent actions is well above 0, the corrected one near it.
+    few = action_agreement(rng.integers(0, 8, 448), rng.integers(0, 15, 448))
+    assert few["mutual information (bits)"] > 0.12
+    assert abs(few["mutual information, bias-corrected (bits)"]) < 0.1
+    assert abs(a["mutual information, bias-corrected (bits)"] - 2.0) < 0.01
     assert abs(independent["accuracy"] - independent["chance accuracy"]) < 0.05
     assert math.isclose(a["chance accuracy"], np.bincount(true).max() / len(true))
