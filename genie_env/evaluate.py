@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from genie_env.checkpoint import load_model, load_model_and_config
+from genie_env.cli import check_positive
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
@@ -90,12 +91,10 @@ def _clip_sample(data_dir, clip_len: int, image_size, split, stage, num_clips: i
 
 
 @torch.no_grad()
-def latent_and_true_actions(lam, ds: ClipDataset, num_clips: int, seed: int, batch: int,
+def latent_and_true_actions(lam, ds: ClipDataset, idx: list[int], batch: int,
                             dev) -> tuple[np.ndarray, np.ndarray | None]:
-    """The LAM's actions on the transitions of ``num_clips`` clips of ``ds`` (the first of them
-    are the clips the rest of the evaluation uses), and the true discrete actions when the data
-    has them (else None)."""
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:num_clips].tolist()
+    """The LAM's actions on the transitions of clips ``idx`` of ``ds``, and the true discrete
+    actions when the data has them (else None)."""
     latent, true = [], []
     for start in range(0, len(idx), 4 * batch):
         items = [ds[i] for i in idx[start:start + 4 * batch]]
@@ -195,7 +194,10 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     dev = next(dynamics.parameters()).device
     stage = data_config
     clip_len = clip_len or min(dynamics.cfg.max_frames, tokenizer.cfg.max_frames)
-    val, idx = _clip_sample(data_dir, clip_len, tokenizer.cfg.image_size, split, stage, num_clips, seed)
+    # One draw of clips: the first num_clips are rolled out, all of them label the LAM's statistics.
+    val, action_idx = _clip_sample(data_dir, clip_len, tokenizer.cfg.image_size, split, stage,
+                                   max(num_clips, action_clips), seed)
+    idx = action_idx[:num_clips]
     g = torch.Generator().manual_seed(seed)
     sums: dict[str, list] = {}
     token_counts = torch.zeros(tokenizer.cfg.num_codes, dtype=torch.long)
@@ -227,7 +229,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         return sum(v for v, _ in sums[key]) / sum(n for _, n in sums[key])
 
     p_inf, p_rand = mean("roll_inferred"), mean("roll_random")
-    latent, true = latent_and_true_actions(lam, val, action_clips, seed, batch, dev)
+    latent, true = latent_and_true_actions(lam, val, action_idx, batch, dev)
     lam_stats = code_stats(torch.from_numpy(latent), lam.cfg.num_actions)
     t = min(4, clip_len - 1)  # frames counted from 0 here: index 4 is the paper's t = 4 after the prompt
     results = {
@@ -317,6 +319,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_positive(args, "clips", "action_clips")
     if args.commit_noise is not None and args.commit_noise < 0:
         raise ValueError(f"--commit_noise must be >= 0, got {args.commit_noise}")
     dev = resolve_device(args.device)
@@ -333,6 +336,6 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_world(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,
                              None if args.split == "all" else args.split, args.seed, horizon=args.horizon,
                              long_steps=args.long_steps, baseline_data=args.baseline_data, action_map=amap,
-                             data_config=dyn_stage.data, action_clips=max(args.action_clips, args.clips))
+                             data_config=dyn_stage.data, action_clips=args.action_clips)
     print(format_table(results))
     return 0

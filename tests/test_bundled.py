@@ -117,6 +117,7 @@ def test_eval_commit_noise_changes_the_rollouts_only(coinrun_dir, tmp_path):
     assert plain["tokenizer PSNR (dB)"] == noisy["tokenizer PSNR (dB)"]
     assert plain["rollout PSNR by t, inferred actions (dB)"] != noisy["rollout PSNR by t, inferred actions (dB)"]
     assert main(["eval", "--data_dir", str(coinrun_dir), "--commit_noise", "-1", "--device", "cpu"]) == 2
+    assert main(["eval", "--data_dir", str(coinrun_dir), "--action_clips", "0", "--device", "cpu"]) == 2
 
 
 def test_filmstrip_of_the_bundled_model_with_a_held_out_clip(coinrun_dir, tmp_path):
