@@ -91,14 +91,19 @@ def _clip_sample(data_dir, clip_len: int, image_size, split, stage, num_clips: i
 
 
 @torch.no_grad()
-def latent_and_true_actions(lam, ds: ClipDataset, idx: list[int], batch: int,
-                            dev) -> tuple[np.ndarray, np.ndarray | None]:
+def latent_and_true_actions(lam, ds: ClipDataset, idx: list[int], batch: int, dev,
+                            known: list[torch.Tensor] = ()) -> tuple[np.ndarray, np.ndarray | None]:
     """The LAM's actions on the transitions of clips ``idx`` of ``ds``, and the true discrete
-    actions when the data has them (else None)."""
-    latent, true = [], []
+    actions when the data has them (else None). ``known``: the LAM's actions (B, T-1) already
+    inferred for the first clips of ``idx``, in order; they are not inferred again."""
+    latent = [a.flatten().cpu() for a in known]
+    done = sum(a.shape[0] for a in known)
+    true = []
     for start in range(0, len(idx), 4 * batch):
         items = [ds[i] for i in idx[start:start + 4 * batch]]
-        latent.append(lam.eval().infer_actions(torch.stack([it["frames"] for it in items]).to(dev)).flatten().cpu())
+        if start + len(items) > done:
+            todo = items[max(0, done - start):]
+            latent.append(lam.eval().infer_actions(torch.stack([it["frames"] for it in todo]).to(dev)).flatten().cpu())
         if "actions" in items[0] and not torch.is_floating_point(items[0]["actions"]):
             true.append(torch.stack([it["actions"][:-1] for it in items]).flatten())
     return torch.cat(latent).numpy(), (torch.cat(true).numpy() if true else None)
@@ -201,7 +206,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     g = torch.Generator().manual_seed(seed)
     sums: dict[str, list] = {}
     token_counts = torch.zeros(tokenizer.cfg.num_codes, dtype=torch.long)
-    first = None
+    first, inferred_actions = None, []
     for start in range(0, len(idx), batch):
         items = [val[i] for i in idx[start:start + batch]]
         video = torch.stack([it["frames"] for it in items]).to(dev)
@@ -211,6 +216,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         recon = tokenizer.decode(tokens)
         lam_out = lam.eval()(video)
         actions = lam_out["actions"]
+        inferred_actions.append(actions)
         gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]
         inferred = rollout(tokenizer, dynamics, video, actions, generators=gens)
         random_actions = torch.randint(0, dynamics.cfg.num_actions, actions.shape, generator=g).to(dev)
@@ -229,7 +235,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         return sum(v for v, _ in sums[key]) / sum(n for _, n in sums[key])
 
     p_inf, p_rand = mean("roll_inferred"), mean("roll_random")
-    latent, true = latent_and_true_actions(lam, val, action_idx, batch, dev)
+    latent, true = latent_and_true_actions(lam, val, action_idx, batch, dev, known=inferred_actions)
     lam_stats = code_stats(torch.from_numpy(latent), lam.cfg.num_actions)
     t = min(4, clip_len - 1)  # frames counted from 0 here: index 4 is the paper's t = 4 after the prompt
     results = {

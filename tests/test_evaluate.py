@@ -41,3 +41,25 @@ def test_action_agreement():
     assert abs(a["mutual information, bias-corrected (bits)"] - 2.0) < 0.01
     assert abs(independent["accuracy"] - independent["chance accuracy"]) < 0.05
     assert math.isclose(a["chance accuracy"], np.bincount(true).max() / len(true))
+
+
+def test_latent_actions_already_inferred_are_reused_not_recomputed(coinrun_dir):
+    """eval hands the LAM actions of its rolled-out clips to the statistics: the result must be
+    what inferring every clip gives, and the LAM must not see those clips twice."""
+    from genie_env.data.h5 import ClipDataset
+    from genie_env.evaluate import latent_and_true_actions
+    from genie_env.models import LatentActionModel
+    from tests.tiny import lam_cfg
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=4)).eval()
+    ds = ClipDataset(coinrun_dir, clip_len=6)
+    idx = list(range(min(10, len(ds))))
+    full, true = latent_and_true_actions(lam, ds, idx, batch=1, dev="cpu")
+    known = [lam.infer_actions(torch.stack([ds[i]["frames"] for i in idx[:3]]))]
+    seen = []
+    infer = lam.infer_actions
+    lam.infer_actions = lambda v: seen.append(v.shape[0]) or infer(v)
+    again, true_again = latent_and_true_actions(lam, ds, idx, batch=1, dev="cpu", known=known)
+    assert np.array_equal(full, again) and np.array_equal(true, true_again)
+    assert full.shape == (len(idx) * 5,) and true.shape == full.shape
+    assert sum(seen) == len(idx) - 3
