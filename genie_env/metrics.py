@@ -48,15 +48,25 @@ def decode_long(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
     return torch.stack([tokenizer.decode_step(tokens[:, t], cache) for t in range(tokens.shape[1])], dim=1)
 
 
+def frame_shifts(prev: np.ndarray, obs: np.ndarray, max_dx: int, max_dy: int = 0) -> np.ndarray:
+    """The global motion from ``prev`` to ``obs`` (N, H, W, C): for each pair, the integer shift
+    (dy, dx) with ``obs[y, x] ~ prev[y + dy, x + dx]`` (the scene moved up by dy and left by dx
+    pixels) that gives the least mean absolute difference over the overlap, in
+    [-max_dy, max_dy] x [-max_dx, max_dx]; ties go to the first in (dy, dx) order. -> (N, 2) int."""
+    a, b = prev.astype(np.float32), obs.astype(np.float32)
+    h, w = a.shape[1:3]
+    shifts = [(dy, dx) for dy in range(-max_dy, max_dy + 1) for dx in range(-max_dx, max_dx + 1)]
+    errs = np.stack([np.abs(a[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
+                            - b[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]).mean(axis=(1, 2, 3))
+                     for dy, dx in shifts], axis=1)
+    return np.array(shifts, dtype=np.int64)[errs.argmin(axis=1)]
+
+
 def rightward_progress(prev: np.ndarray, action: int, obs: np.ndarray, max_shift: int = 4) -> float:
     """Pixels the scene scrolled left from ``prev`` to ``obs`` (H, W, 3) (the agent moving right
     in a side-scroller such as CoinRun), in [-max_shift, max_shift]: the horizontal shift that best
-    aligns the two frames. The signature is the env's ``reward_fn``."""
-    a, b = prev.astype(np.float32), obs.astype(np.float32)
-    w = a.shape[1]
-    errs = [np.abs(a[:, s:] - b[:, : w - s]).mean() if s >= 0 else np.abs(a[:, : w + s] - b[:, -s:]).mean()
-            for s in range(-max_shift, max_shift + 1)]
-    return float(np.argmin(errs) - max_shift)
+    aligns the two frames (:func:`frame_shifts`). The signature is the env's ``reward_fn``."""
+    return float(frame_shifts(prev[None], obs[None], max_shift)[0, 1])
 
 
 def colour_histograms(frames: torch.Tensor, bins: int = 8) -> torch.Tensor:

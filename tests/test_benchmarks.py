@@ -52,3 +52,22 @@ def test_lam_context_ab_reports_both_arms(coinrun_dir):
                   "--every", "1", "--data_dir", str(coinrun_dir), "--heldout", str(coinrun_dir))
         lines = [line for line in out.splitlines() if line.startswith(f"context {context} step ")]
         assert len(lines) == 2 and "MI " in lines[-1] and "code shares" in lines[-1]
+
+
+def test_motion_benchmark_measures_the_data_and_a_lam(coinrun_dir, tmp_path):
+    import torch
+    from genie_env.checkpoint import save_checkpoint
+    from genie_env.config import StageConfig
+    from genie_env.models import LatentActionModel
+    from tests.tiny import lam_cfg
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg(image_size=(64, 64), patch_size=16, max_frames=2))
+    save_checkpoint(tmp_path / "lam.pt", lam, StageConfig("lam", lam.cfg))
+    out = run("benchmarks/motion.py", "--data_dir", str(coinrun_dir), "--lam", str(tmp_path / "lam.pt"),
+              "--strides", "1", "3", "--pairs", "40", "--max_shift", "3").splitlines()
+    assert [line.split(":")[0] for line in out if line.startswith("stride")] == ["stride 1", "stride 3"]
+    for line in out:
+        if "moved left/still/right" in line:
+            for part in line.split(";"):
+                assert abs(sum(float(x) for x in part.split()[-5::2]) - 1) < 0.02  # each axis's shares
+    assert sum("LAM: next-frame PSNR" in line and "MI(code; horizontal sign)" in line for line in out) == 2

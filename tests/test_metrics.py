@@ -2,7 +2,8 @@ import numpy as np
 import torch
 
 from genie_env.metrics import (colour_histograms, decode_long, encode_long,
-                               nearest_histogram_distance, patch_kmeans_psnr, rightward_progress)
+                               frame_shifts, nearest_histogram_distance, patch_kmeans_psnr,
+                               rightward_progress)
 from genie_env.models import LatentActionModel, VideoTokenizer
 from tests.tiny import lam_cfg, moving_square, tokenizer_cfg
 
@@ -14,6 +15,16 @@ def test_rightward_progress_measures_the_scroll():
     assert rightward_progress(prev, 0, moved_right) == 3
     assert rightward_progress(moved_right, 0, prev) == -3
     assert rightward_progress(prev, 0, prev) == 0
+
+
+def test_frame_shifts_finds_each_pairs_two_dimensional_motion():
+    rng = np.random.default_rng(1)
+    scene = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    view = lambda y, x: scene[y:y + 16, x:x + 16]  # noqa: E731 - a camera at (y, x)
+    prev = np.stack([view(10, 10)] * 4)
+    obs = np.stack([view(12, 10), view(10, 7), view(8, 11), view(10, 10)])  # camera down, left, up+right, still
+    assert frame_shifts(prev, obs, max_dx=4, max_dy=4).tolist() == [[2, 0], [0, -3], [-2, 1], [0, 0]]
+    assert frame_shifts(prev[1:4:2], obs[1:4:2], max_dx=4).tolist() == [[0, -3], [0, 0]]  # horizontal only
 
 
 def test_long_encode_and_decode_equal_the_windowed_ones_and_slide_past_the_window():

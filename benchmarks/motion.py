@@ -1,0 +1,92 @@
+"""What motion a frame pair shows, and how much of it a LAM sees: the yardstick for issue 9's
+steering goals (LAM/true-action mutual information >= 0.5 bits, arrow keys that scroll).
+
+For pairs (frame t, frame t + stride) of held-out episodes it prints, per stride:
+
+- copy PSNR: the next frame predicted as the current one (pooled MSE, as an MSE loss sees it);
+- shift PSNR: the current frame moved by the best global integer shift (on an interior crop,
+  beside copy on the same crop): what a predictor that knew the camera motion would gain;
+- the share of pairs whose scene moved left / not / right, and up / not / down;
+- the mutual information between the true action at t and the sign of that motion (plug-in and
+  Miller-Madow corrected, as `genie-env eval` reports the LAM's): how much of the true action
+  the global motion alone carries, a reference for the LAM's figure (not a ceiling: the agent's
+  sprite, facing and animation carry more);
+- with ``--lam``: that LAM's next-frame PSNR (pooled) and the information its codes carry about
+  the true action, the motion, and the horizontal motion alone.
+
+    python benchmarks/motion.py --data_dir data/coinrun_heldout --lam runs/cand3/lam/lam.pt
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from genie_env.checkpoint import load_model
+from genie_env.data.h5 import ClipDataset
+from genie_env.evaluate import action_agreement
+from genie_env.metrics import frame_shifts
+
+
+def pooled_psnr(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(-10 * np.log10(np.mean((pred - target) ** 2)))
+
+
+def shifted(prev: np.ndarray, shifts: np.ndarray, crop: int) -> np.ndarray:
+    """Each frame (H, W, C) of ``prev`` moved by its (dy, dx) from :func:`frame_shifts`, cropped by ``crop``."""
+    h, w = prev.shape[1:3]
+    return np.stack([p[crop + dy:h - crop + dy, crop + dx:w - crop + dx] for p, (dy, dx) in zip(prev, shifts)])
+
+
+def mi(codes: np.ndarray, labels: np.ndarray) -> str:
+    r = action_agreement(codes, labels)
+    return f"{r['mutual information (bits)']:.3f} ({r['mutual information, bias-corrected (bits)']:.3f} corrected)"
+
+
+@torch.no_grad()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", required=True, help="H5 episodes with actions, of levels no training run used")
+    p.add_argument("--lam", default=None, help="a LAM checkpoint to measure on the same pairs")
+    p.add_argument("--strides", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--pairs", type=int, default=1500)
+    p.add_argument("--max_shift", type=int, default=6, help="largest shift searched, in pixels, each axis")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    lam = load_model(args.lam, "lam").eval() if args.lam else None
+    m = args.max_shift
+    for stride in args.strides:
+        ds = ClipDataset(args.data_dir, clip_len=stride + 1)
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:args.pairs].tolist()
+        items = [ds[i] for i in idx]
+        video = torch.stack([it["frames"][[0, stride]] for it in items])  # (N, 2, C, H, W)
+        true = np.array([int(it["actions"][0]) for it in items])
+        x = video.permute(0, 1, 3, 4, 2).numpy()  # (N, 2, H, W, C)
+        prev, nxt = x[:, 0], x[:, 1]
+        sh = frame_shifts(prev, nxt, m, m)
+        interior = nxt[:, m:-m, m:-m]
+        sign = np.sign(sh) + 1  # 0: moved down/right, 1: still, 2: moved up/left (the scene)
+        motion = sign[:, 0] * 3 + sign[:, 1]
+        share = lambda a: " / ".join(f"{np.mean(a == k):.2f}" for k in (2, 1, 0))  # noqa: E731
+        print(f"stride {stride}: {len(idx)} pairs; copy PSNR {pooled_psnr(prev, nxt):.2f} dB; "
+              f"on the interior crop copy {pooled_psnr(prev[:, m:-m, m:-m], interior):.2f}, "
+              f"best shift {pooled_psnr(shifted(prev, sh, m), interior):.2f} dB")
+        print(f"  scene moved left/still/right {share(sign[:, 1])}; up/still/down {share(sign[:, 0])}")
+        print(f"  MI(true action; motion sign) {mi(motion, true)}; "
+              f"MI(true action; horizontal sign) {mi(sign[:, 1], true)} bits")
+        if lam is not None:
+            codes, recon = [], []
+            for s in range(0, len(video), 256):
+                out = lam(video[s:s + 256])
+                codes.append(out["actions"][:, 0])
+                recon.append(out["recon"][:, 0])
+            codes = torch.cat(codes).numpy()
+            recon = torch.cat(recon).permute(0, 2, 3, 1).numpy()
+            print(f"  LAM: next-frame PSNR {pooled_psnr(recon, nxt):.2f} dB; MI(code; true action) {mi(codes, true)}; "
+                  f"MI(code; motion sign) {mi(codes, motion)}; MI(code; horizontal sign) {mi(codes, sign[:, 1])} bits")
+
+
+if __name__ == "__main__":
+    main()
