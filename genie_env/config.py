@@ -90,6 +90,7 @@ class LAMConfig:
     commitment: float = 0.25
     dead_code_steps: int = 100
     kmeans_init: bool = True
+    residual_decoder: bool = False
     grad_checkpointing: bool = False
 
 

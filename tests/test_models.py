@@ -157,9 +157,22 @@ def test_lam_is_causal():
     torch.testing.assert_close(out2["recon"][:, :2], out["recon"][:, :2])
 
 
-def test_tiny_lam_overfits_and_uses_several_actions():
+def test_residual_lam_starts_by_copying_the_frame_and_clamps_what_it_shows():
     torch.manual_seed(0)
-    lam = LatentActionModel(lam_cfg(patch_size=4, dead_code_steps=20))
+    lam = LatentActionModel(lam_cfg(residual_decoder=True)).eval()
+    video, _ = moving_square(2, 5)
+    out = lam(video)
+    torch.testing.assert_close(lam.decode(video, torch.randn(2, 4, 8)), video[:, :-1])
+    torch.testing.assert_close(out["recon_loss"], (video[:, :-1] - video[:, 1:]).square().mean())
+    with torch.no_grad():
+        lam.dec_out.bias.fill_(2.0)  # a change past the pixel range: shown clamped
+    assert lam(video)["recon"].max() == 1.0
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_tiny_lam_overfits_and_uses_several_actions(residual):
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg(patch_size=4, dead_code_steps=20, residual_decoder=residual))
     video, _ = moving_square(8, 5, seed=1)
     first = lam.eval()(video)["recon_loss"].item()
 

@@ -41,6 +41,8 @@ class LatentActionModel(nn.Module):
         self.decoder = st_stack(cfg, cfg.dec_dim, cfg.dec_layers, cfg.dec_heads)
         self.dec_out = nn.Linear(cfg.dec_dim, patch_dim)
         init_weights(self)
+        if cfg.residual_decoder:  # start as "the next frame is this one"; the code must earn each change
+            nn.init.zeros_(self.dec_out.weight)
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         """Continuous actions (B, T-1, action_dim) from the change of the pooled encoder state."""
@@ -51,11 +53,15 @@ class LatentActionModel(nn.Module):
         return self.to_action(h[:, 1:] - h[:, :-1])
 
     def decode(self, video: torch.Tensor, action_vectors: torch.Tensor) -> torch.Tensor:
-        """Predict frames 2..T from frames 1..T-1 and action vectors (B, T-1, action_dim)."""
+        """Predict frames 2..T from frames 1..T-1 and action vectors (B, T-1, action_dim): as
+        pixels in [0, 1], or with ``residual_decoder`` as frame t plus a predicted change (not
+        clamped, so that the loss keeps its gradient at the ends of the range)."""
         x = self.dec_in(patchify(video[:, :-1], self.cfg.patch_size))
         x = x + self.action_in(action_vectors)[:, :, None, :]
-        out = torch.sigmoid(self.dec_out(self.decoder(x)))
-        return unpatchify(out, self.cfg.patch_size, self.grid, self.cfg.in_channels)
+        out = self.dec_out(self.decoder(x))
+        if not self.cfg.residual_decoder:
+            return unpatchify(torch.sigmoid(out), self.cfg.patch_size, self.grid, self.cfg.in_channels)
+        return video[:, :-1] + unpatchify(out, self.cfg.patch_size, self.grid, self.cfg.in_channels)
 
     def windows(self, num_frames: int) -> list[slice]:
         """The frame windows of at most ``max_frames`` frames, overlapping by one frame, whose
@@ -69,7 +75,7 @@ class LatentActionModel(nn.Module):
         recon_loss = F.mse_loss(recon.float(), video[:, 1:].float())
         return {"loss": recon_loss + vq["loss"], "recon_loss": recon_loss, "vq_loss": vq["loss"],
                 "perplexity": vq["perplexity"], "usage": vq["usage"], "actions": actions,
-                "recon": recon.detach()}
+                "recon": recon.detach().clamp(0, 1)}
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass: next-frame reconstruction + VQ loss over all T-1 transitions (in
