@@ -6,7 +6,10 @@ read from the *change* of the encoder's pooled state from frame t to frame t+1: 
 frames share cancels, so the code carries the transition rather than the scene (with the state
 at t+1 alone, a tiny CoinRun LAM used 2 of its 8 codes; with the change, all 8; docs/design.md). The decoder sees
 x_1..x_t plus the action of t -> t+1 as an additive embedding on frame t's patches and predicts
-x_{t+1}; the tiny codebook is the bottleneck that forces the action to carry only what changes.
+x_{t+1} (with ``residual_decoder``, the change from x_t: a decoder that must redraw the whole
+frame from coarse patches barely beats copying it, so small motions such as CoinRun's
+one-pixel scroll never pay for a code; docs/design.md); the tiny codebook is the bottleneck
+that forces the action to carry only what changes.
 At inference only the codebook matters: the dynamics model is conditioned on its indices.
 
 A video longer than ``max_frames`` is read in windows of ``max_frames`` frames that overlap by
