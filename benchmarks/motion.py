@@ -14,7 +14,7 @@ For pairs (frame t, frame t + stride) of held-out episodes it prints, per stride
 - with ``--lam``: that LAM's next-frame PSNR (pooled) and the information its codes carry about
   the true action, the motion, and the horizontal motion alone.
 
-    python benchmarks/motion.py --data_dir data/coinrun_heldout --lam runs/cand3/lam/lam.pt
+    python benchmarks/motion.py --data_dir data/coinrun_heldout --lam assets_candidate/lam.pt
 """
 from __future__ import annotations
 
