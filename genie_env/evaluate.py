@@ -9,6 +9,10 @@
 - dynamics: PSNR of an autoregressive rollout from one prompt frame with the LAM's inferred
   actions at each t, and the Genie paper's delta-t PSNR at t = 4: PSNR(x_t, x^_t) with inferred
   actions minus PSNR(x_t, x^'_t) with actions drawn uniformly at random;
+- scrolling: of the consecutive held-out frame pairs whose scene scrolls sideways (CoinRun's
+  camera moves 1 pixel a frame), the share that the tokenizer's reconstruction, the k-means
+  baseline's, and the rollouts under inferred and under random actions scroll by the same
+  number of pixels: a world whose tokenizer loses the scroll cannot answer the arrow keys;
 - baselines the numbers are read against: "repeat the prompt" (PSNR of the prompt frame held
   still) for every rollout figure, and per-patch k-means with the tokenizer's patch size and
   code count (the same bits per frame, no learning) for the tokenizer;
@@ -38,8 +42,8 @@ from genie_env.cli import check_positive
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
-from genie_env.metrics import (nearest_histogram_distance, colour_histograms,
-                               patch_kmeans_psnr, psnr_per_frame, rightward_progress, rollout)
+from genie_env.metrics import (colour_histograms, horizontal_scrolls, nearest_histogram_distance,
+                               patch_kmeans_reconstruct, psnr, psnr_per_frame, rightward_progress, rollout)
 from genie_env.video import to_uint8_frames, write_video
 from genie_env.nn.vq import code_stats
 from genie_env.world import World
@@ -206,7 +210,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     g = torch.Generator().manual_seed(seed)
     sums: dict[str, list] = {}
     token_counts = torch.zeros(tokenizer.cfg.num_codes, dtype=torch.long)
-    first, inferred_actions = None, []
+    first, inferred_actions, scrolls = None, [], []
     for start in range(0, len(idx), batch):
         items = [val[i] for i in idx[start:start + batch]]
         video = torch.stack([it["frames"] for it in items]).to(dev)
@@ -228,6 +232,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
                            ("roll_random", psnr_per_frame(randomized, video)),
                            ("roll_still", psnr_per_frame(video[:, :1].expand_as(video), video))):
             sums.setdefault(key, []).append((value.cpu() * n, n))
+        scrolls.append(np.stack([horizontal_scrolls(v) for v in (video, recon, inferred, randomized)]))
         if first is None:
             first = (video[0], inferred[0], randomized[0])
 
@@ -253,6 +258,13 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         f"delta-t PSNR at t={t} (dB)": float(p_inf[t] - p_rand[t]),
         f"repeat-the-prompt PSNR at t={t} (dB)": float(mean("roll_still")[t]),
     }
+    scroll = np.concatenate(scrolls, axis=1)  # (4, clips, T-1): real, reconstruction, two rollouts
+    moved = scroll[0] != 0
+    results["scrolling: consecutive real frame pairs that scroll sideways"] = int(moved.sum())
+    if moved.any():
+        for row, name in ((1, "tokenizer reconstruction"), (2, "rollout, inferred actions"),
+                          (3, "rollout, random actions")):
+            results[f"scrolling: {name} scrolls alike (fraction)"] = float((scroll[row] == scroll[0])[moved].mean())
     if true is not None:
         results["LAM vs true actions: transitions"] = len(true)
         agreement = action_agreement(latent, true)
@@ -263,9 +275,15 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
                            split="train" if baseline_data is None else None)
         pick = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))[:128].tolist()
         reference = _frames(base, pick)[:, 0]
-        test = torch.stack([val[i]["frames"] for i in idx[:64]]).flatten(0, 1)
-        results["k-means baseline PSNR (dB)"] = patch_kmeans_psnr(
-            reference, test, tokenizer.cfg.patch_size, tokenizer.cfg.num_codes, iters=10, seed=seed)
+        clips = torch.stack([val[i]["frames"] for i in idx[:64]])
+        test = clips.flatten(0, 1)
+        kmeans = patch_kmeans_reconstruct(reference, test, tokenizer.cfg.patch_size, tokenizer.cfg.num_codes,
+                                          iters=10, seed=seed)
+        results["k-means baseline PSNR (dB)"] = float(psnr(kmeans, test))
+        real = horizontal_scrolls(clips)
+        if (real != 0).any():
+            kept = horizontal_scrolls(kmeans.view_as(clips)) == real
+            results["scrolling: k-means baseline scrolls alike (fraction)"] = float(kept[real != 0].mean())
     if horizon > 0:
         results.update(long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon,
                                     num_clips, seed, dev))

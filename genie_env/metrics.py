@@ -86,11 +86,11 @@ def nearest_histogram_distance(frames: torch.Tensor, reference: torch.Tensor, bi
     return torch.stack([0.5 * (h[None] - reference).abs().sum(dim=1).min() for h in hist])
 
 
-def patch_kmeans_psnr(train_frames: torch.Tensor, test_frames: torch.Tensor, patch: int, codes: int,
-                      iters: int = 15, seed: int = 0) -> float:
-    """The baseline a learned tokenizer must beat: PSNR (dB) of ``test_frames`` (N, 3, H, W) in
-    [0, 1] after replacing each ``patch`` x ``patch`` patch by the nearest of ``codes`` k-means
-    centroids fitted to the patches of ``train_frames``: the same bits per frame, no learning."""
+def patch_kmeans_reconstruct(train_frames: torch.Tensor, test_frames: torch.Tensor, patch: int, codes: int,
+                             iters: int = 15, seed: int = 0) -> torch.Tensor:
+    """The baseline a learned tokenizer must beat: ``test_frames`` (N, 3, H, W) in [0, 1] with
+    each ``patch`` x ``patch`` patch replaced by the nearest of ``codes`` k-means centroids
+    fitted to the patches of ``train_frames``: the same bits per frame, no learning."""
     def patches(x):
         return rearrange(x.float(), "n c (h p1) (w p2) -> (n h w) (p1 p2 c)", p1=patch, p2=patch)
 
@@ -98,5 +98,13 @@ def patch_kmeans_psnr(train_frames: torch.Tensor, test_frames: torch.Tensor, pat
     centroids = kmeans(data, min(codes, data.shape[0]), iters, torch.Generator().manual_seed(seed), spherical=False)
     recon = centroids[assign_nearest(test, centroids, spherical=False)]
     gh, gw = test_frames.shape[-2] // patch, test_frames.shape[-1] // patch
-    recon = rearrange(recon, "(n h w) (p1 p2 c) -> n c (h p1) (w p2)", h=gh, w=gw, p1=patch, p2=patch)
-    return float(psnr(recon, test_frames))
+    return rearrange(recon, "(n h w) (p1 p2 c) -> n c (h p1) (w p2)", h=gh, w=gw, p1=patch, p2=patch)
+
+
+def horizontal_scrolls(video: torch.Tensor, max_dx: int = 4) -> np.ndarray:
+    """The sideways scroll (pixels the scene moved left, as :func:`rightward_progress` counts it)
+    between each pair of consecutive frames of videos (B, T, C, H, W) in [0, 1] -> (B, T-1) int."""
+    b, t = video.shape[:2]
+    frames = rearrange(video.detach().float().cpu(), "b t c h w -> b t h w c").numpy()
+    prev, nxt = frames[:, :-1].reshape(-1, *frames.shape[2:]), frames[:, 1:].reshape(-1, *frames.shape[2:])
+    return frame_shifts(prev, nxt, max_dx)[:, 1].reshape(b, t - 1)

@@ -100,6 +100,10 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
                 "arrow keys: right scrolls right (fraction)", "arrow keys: left scrolls left (fraction)"):
         assert key in fp32 and np.isfinite(fp32[key]), key
     assert fp32["arrow keys: trials"] == 64  # 8 prompts x 2 directions x 4 seeds
+    # These seeded episodes scroll in some consecutive pairs, so every scrolling share is read.
+    assert fp32["scrolling: consecutive real frame pairs that scroll sideways"] > 0
+    for who in ("tokenizer reconstruction", "k-means baseline", "rollout, inferred actions", "rollout, random actions"):
+        assert 0 <= fp32[f"scrolling: {who} scrolls alike (fraction)"] <= 1, who
     # The 8-frame clips' t=4 figures are their own, not the long clips' (which once overwrote them).
     by_t = fp32["rollout PSNR by t, inferred actions (dB)"]  # rounded to 3 decimals
     assert abs(fp32["rollout PSNR at t=4, inferred actions (dB)"] - by_t[3]) < 1e-3

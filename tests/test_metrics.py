@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from genie_env.metrics import (colour_histograms, decode_long, encode_long,
-                               frame_shifts, nearest_histogram_distance, patch_kmeans_psnr,
-                               rightward_progress)
+from genie_env.metrics import (colour_histograms, decode_long, encode_long, frame_shifts,
+                               horizontal_scrolls, nearest_histogram_distance, patch_kmeans_reconstruct,
+                               psnr, rightward_progress)
 from genie_env.models import LatentActionModel, VideoTokenizer
 from tests.tiny import lam_cfg, moving_square, tokenizer_cfg
 
@@ -25,6 +25,15 @@ def test_frame_shifts_finds_each_pairs_two_dimensional_motion():
     obs = np.stack([view(12, 10), view(10, 7), view(8, 11), view(10, 10)])  # camera down, left, up+right, still
     assert frame_shifts(prev, obs, max_dx=4, max_dy=4).tolist() == [[2, 0], [0, -3], [-2, 1], [0, 0]]
     assert frame_shifts(prev[1:4:2], obs[1:4:2], max_dx=4).tolist() == [[0, -3], [0, 0]]  # horizontal only
+
+
+def test_horizontal_scrolls_of_each_consecutive_pair_of_each_video():
+    scene = torch.rand(3, 16, 40, generator=torch.Generator().manual_seed(2))
+    pan = torch.stack([scene[..., x:x + 16] for x in (10, 11, 12, 13)])  # camera right 1 px a frame
+    mixed = torch.stack([scene[..., x:x + 16] for x in (10, 10, 8, 8)])  # still, 2 px left, still
+    assert horizontal_scrolls(torch.stack([pan, mixed])).tolist() == [[1, 1, 1], [0, -2, 0]]
+    blurred = torch.nn.functional.avg_pool2d(pan, 5, stride=1, padding=2)  # smooth frames keep the motion
+    assert horizontal_scrolls(blurred[None]).tolist() == [[1, 1, 1]]
 
 
 def test_long_encode_and_decode_equal_the_windowed_ones_and_slide_past_the_window():
@@ -60,6 +69,7 @@ def test_patch_kmeans_baseline_is_exact_on_few_patch_kinds_and_lossy_on_noise():
     layout = torch.randint(0, 4, (6, 4, 4), generator=g)  # 6 frames of 4x4 patches
     frames = torch.stack([torch.cat([torch.cat(list(kinds[row]), dim=-1) for row in f], dim=-2) for f in layout])
     assert frames.shape == (6, 3, 16, 16)
-    assert patch_kmeans_psnr(frames[:4], frames[4:], patch=4, codes=4) > 60  # every patch is a centroid
+    recon = patch_kmeans_reconstruct(frames[:4], frames[4:], patch=4, codes=4)
+    assert recon.shape == (2, 3, 16, 16) and psnr(recon, frames[4:]) > 60  # every patch is a centroid
     noise = torch.rand(6, 3, 16, 16, generator=g)
-    assert patch_kmeans_psnr(noise[:4], noise[4:], patch=4, codes=4) < 15
+    assert psnr(patch_kmeans_reconstruct(noise[:4], noise[4:], patch=4, codes=4), noise[4:]) < 15
