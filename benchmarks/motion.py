@@ -12,9 +12,14 @@ For pairs (frame t, frame t + stride) of held-out episodes it prints, per stride
   the global motion alone carries, a reference for the LAM's figure (not a ceiling: the agent's
   sprite, facing and animation carry more);
 - with ``--lam``: that LAM's next-frame PSNR (pooled) and the information its codes carry about
-  the true action, the motion, and the horizontal motion alone.
+  the true action, the motion, and the horizontal motion alone;
+- with ``--tokenizers``: each tokenizer's reconstruction PSNR of the pairs (pooled, each pair
+  tokenized as a two-frame clip) and, of the pairs that scroll sideways, the share whose
+  reconstructions scroll by the same number of pixels: a scroll the tokenizer loses is one no
+  dynamics model can show (``genie-env eval`` reports the same share on its clips).
 
     python benchmarks/motion.py --data_dir data/coinrun_heldout --lam assets_candidate/lam.pt
+    python benchmarks/motion.py --data_dir data/coinrun_heldout --strides 1 --tokenizers runs/candidate/tokenizer/checkpoint_step_*.pt
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch
 from genie_env.checkpoint import load_model
 from genie_env.data.h5 import ClipDataset
 from genie_env.evaluate import action_agreement
-from genie_env.metrics import frame_shifts
+from genie_env.metrics import frame_shifts, horizontal_scrolls
 
 
 def pooled_psnr(pred: np.ndarray, target: np.ndarray) -> float:
@@ -49,6 +54,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True, help="H5 episodes with actions, of levels no training run used")
     p.add_argument("--lam", default=None, help="a LAM checkpoint to measure on the same pairs")
+    p.add_argument("--tokenizers", nargs="+", default=[], help="tokenizer checkpoints to measure on the same pairs")
     p.add_argument("--strides", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--pairs", type=int, default=1500)
     p.add_argument("--max_shift", type=int, default=6, help="largest shift searched, in pixels, each axis")
@@ -56,6 +62,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     lam = load_model(args.lam, "lam").eval() if args.lam else None
+    tokenizers = [(path, load_model(path, "tokenizer").eval()) for path in args.tokenizers]
     m = args.max_shift
     for stride in args.strides:
         ds = ClipDataset(args.data_dir, clip_len=stride + 1)
@@ -86,6 +93,13 @@ def main() -> None:
             recon = torch.cat(recon).permute(0, 2, 3, 1).numpy()
             print(f"  LAM: next-frame PSNR {pooled_psnr(recon, nxt):.2f} dB; MI(code; true action) {mi(codes, true)}; "
                   f"MI(code; motion sign) {mi(codes, motion)}; MI(code; horizontal sign) {mi(codes, sign[:, 1])} bits")
+        scrolling = sh[:, 1] != 0
+        for path, tok in tokenizers:
+            recon = torch.cat([tok.decode(tok.encode(video[s:s + 256])) for s in range(0, len(video), 256)])
+            kept = horizontal_scrolls(recon, m)[:, 0] == sh[:, 1]
+            print(f"  tokenizer {path}: reconstruction PSNR {pooled_psnr(recon.permute(0, 1, 3, 4, 2).numpy(), x):.2f} dB; "
+                  f"pairs that scroll sideways {scrolling.sum()}, reconstructions that scroll alike "
+                  f"{kept[scrolling].mean() if scrolling.any() else float('nan'):.3f}")
 
 
 if __name__ == "__main__":

@@ -58,16 +58,24 @@ def test_motion_benchmark_measures_the_data_and_a_lam(coinrun_dir, tmp_path):
     import torch
     from genie_env.checkpoint import save_checkpoint
     from genie_env.config import StageConfig
-    from genie_env.models import LatentActionModel
-    from tests.tiny import lam_cfg
+    from genie_env.models import LatentActionModel, VideoTokenizer
+    from tests.tiny import lam_cfg, tokenizer_cfg
     torch.manual_seed(0)
     lam = LatentActionModel(lam_cfg(image_size=(64, 64), patch_size=16, max_frames=2))
     save_checkpoint(tmp_path / "lam.pt", lam, StageConfig("lam", lam.cfg))
+    tok = VideoTokenizer(tokenizer_cfg(image_size=(64, 64), patch_size=8, max_frames=2))
+    save_checkpoint(tmp_path / "tok.pt", tok, StageConfig("tokenizer", tok.cfg))
     out = run("benchmarks/motion.py", "--data_dir", str(coinrun_dir), "--lam", str(tmp_path / "lam.pt"),
-              "--strides", "1", "3", "--pairs", "40", "--max_shift", "3").splitlines()
+              "--tokenizers", str(tmp_path / "tok.pt"), "--strides", "1", "3", "--pairs", "40",
+              "--max_shift", "3").splitlines()
     assert [line.split(":")[0] for line in out if line.startswith("stride")] == ["stride 1", "stride 3"]
     for line in out:
         if "moved left/still/right" in line:
             for part in line.split(";"):
                 assert abs(sum(float(x) for x in part.split()[-5::2]) - 1) < 0.02  # each axis's shares
     assert sum("LAM: next-frame PSNR" in line and "MI(code; horizontal sign)" in line for line in out) == 2
+    tok_lines = [line for line in out if line.startswith(f"  tokenizer {tmp_path / 'tok.pt'}")]
+    assert len(tok_lines) == 2  # one per stride
+    # The pairs of stride 3 scroll (a random agent drifts), so the share is read.
+    assert int(tok_lines[1].split("sideways ")[1].split(",")[0]) > 0
+    assert all(0 <= float(line.split()[-1]) <= 1 for line in tok_lines)
