@@ -280,7 +280,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         kmeans = patch_kmeans_reconstruct(reference, test, tokenizer.cfg.patch_size, tokenizer.cfg.num_codes,
                                           iters=10, seed=seed)
         results["k-means baseline PSNR (dB)"] = float(psnr(kmeans, test))
-        real = horizontal_scrolls(clips)
+        real = scroll[0][:len(clips)]  # the rolled-out clips come first in idx, as here
         if (real != 0).any():
             kept = horizontal_scrolls(kmeans.view_as(clips)) == real
             results["scrolling: k-means baseline scrolls alike (fraction)"] = float(kept[real != 0].mean())
