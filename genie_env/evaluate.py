@@ -42,8 +42,8 @@ from genie_env.cli import check_positive
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
-from genie_env.metrics import (colour_histograms, horizontal_scrolls, nearest_histogram_distance,
-                               patch_kmeans_reconstruct, psnr, psnr_per_frame, rightward_progress, rollout)
+from genie_env.metrics import (colour_histograms, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
+                               patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout)
 from genie_env.video import to_uint8_frames, write_video
 from genie_env.nn.vq import code_stats
 from genie_env.world import World
@@ -174,7 +174,7 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
     prev = to_uint8_frames(frames)
     for _ in range(steps):
         obs = to_uint8_frames(world_rows.step(actions, generators=gens).frames)
-        scroll += [rightward_progress(a, 0, b) for a, b in zip(prev, obs)]
+        scroll += frame_shifts(prev, obs, max_dx=4)[:, 1]  # rightward_progress of every row at once
         prev = obs
     sign = np.array([1 if d == "right" else -1 for _, d, _ in rows])
     correct = scroll * sign > 0
