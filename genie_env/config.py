@@ -118,6 +118,13 @@ class DynamicsConfig:
     # MaskGIT's annealed randomness in the commit order: Gumbel noise of this scale times
     # (1 - k/steps) is added to the log-confidence at pass k (0: commit by confidence alone).
     commit_noise: float = 0.0
+    # Length of each code's pixel patch (patch^2 x channels of the tokenizer; 0: off, the paper's
+    # plain embeddings). When set, the model adds a projection of each code's mean pixel patch
+    # (filled in from data by the trainer, kept in the checkpoint) to the token embeddings and
+    # adds to each code's logit the dot product of a patch it predicts with the code's patch, so
+    # that a shift of the scene by less than a patch is a smooth function of neighbouring tokens
+    # rather than a lookup of 1024 x 1024 code pairs (docs/design.md).
+    token_pixels: int = 0
     reward_head: bool = False
     # The reward head learns reward / reward_scale (CoinRun pays 10 for the coin) and
     # predicts in the data's units.

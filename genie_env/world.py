@@ -99,6 +99,10 @@ def pair_problems(tokenizer_cfg, dynamics_cfg) -> list[str]:
     if tuple(t.token_grid) != tuple(d.token_grid):
         problems.append(f"the tokenizer makes a {tuple(t.token_grid)} token grid but the dynamics token_grid "
                         f"is {tuple(d.token_grid)}")
+    patch_pixels = t.patch_size ** 2 * t.in_channels
+    if d.token_pixels and d.token_pixels != patch_pixels:
+        problems.append(f"the dynamics token_pixels is {d.token_pixels} but the tokenizer's patches hold "
+                        f"{patch_pixels} values ({t.patch_size}x{t.patch_size}x{t.in_channels})")
     return problems
 
 

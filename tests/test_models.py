@@ -238,10 +238,12 @@ def _gens(seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-@pytest.mark.parametrize("commit_noise", [0.0, 4.5])
-def test_cached_sampling_equals_full_recompute(commit_noise):
+@pytest.mark.parametrize("kw", [dict(commit_noise=0.0), dict(commit_noise=4.5), dict(token_pixels=6)])
+def test_cached_sampling_equals_full_recompute(kw):
     torch.manual_seed(0)
-    dyn = DynamicsModel(dynamics_cfg(commit_noise=commit_noise)).eval()
+    dyn = DynamicsModel(dynamics_cfg(**kw)).eval()
+    if kw.get("token_pixels"):
+        dyn.set_code_pixels(torch.rand(16, 6))
     cache, tokens, actions = _observed(dyn)
     action = torch.tensor([0, 1, 3])
     cached = dyn.sample_next(cache, action, generators=_gens((1, 2, 3)))
@@ -367,3 +369,33 @@ def test_reward_head_learns_in_scaled_units_and_leaves_the_trunk_alone():
     r, _ = dyn.predict_reward_done(h, acts[:, 0])
     raw, _ = dyn._reward_done(h, acts[:, 0])
     torch.testing.assert_close(r, 10.0 * raw)
+
+
+def test_token_pixels_embed_and_score_codes_by_their_patches():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(token_pixels=6)).eval()
+    with pytest.raises(ValueError, match=r"shape \(16, 6\)"):
+        dyn.set_code_pixels(torch.rand(16, 5))
+    with pytest.raises(ValueError, match="token_pixels: 0"):
+        DynamicsModel(dynamics_cfg()).set_code_pixels(torch.rand(16, 6))
+    pixels = torch.rand(16, 6)
+    pixels[9] = pixels[3]  # two codes that look the same
+    dyn.set_code_pixels(pixels)
+    stored = dyn.code_pixels
+    assert torch.allclose(stored[:-1].mean(0), torch.zeros(6), atol=1e-5)  # standardized per pixel
+    assert torch.allclose(stored[:-1].std(0), torch.ones(6), atol=1e-4)
+    assert torch.equal(stored[-1], torch.zeros(6))  # the mask token has no patch
+    h = torch.randn(5, 32)
+    with torch.no_grad():
+        dyn.head.weight.zero_()
+        dyn.head.bias.zero_()
+        logits = dyn.logits(h)
+        emb = dyn.token_embed(torch.tensor([3, 9, 4]))
+    # Without the per-code head, look-alike codes score alike and the others do not; their input
+    # embeddings differ only by the per-code table.
+    assert torch.allclose(logits[:, 3], logits[:, 9]) and not torch.allclose(logits[:, 3], logits[:, 4])
+    assert torch.allclose(emb[0] - dyn.token_emb.weight[3], emb[1] - dyn.token_emb.weight[9])
+    # The table is a buffer: it travels with the state dict.
+    other = DynamicsModel(dynamics_cfg(token_pixels=6))
+    other.load_state_dict(dyn.state_dict())
+    assert torch.equal(other.code_pixels, stored)

@@ -11,7 +11,7 @@ from genie_env.checkpoint import load_checkpoint, load_model
 from genie_env.config import load_config
 from genie_env.data.h5 import ClipDataset
 from trainers import train_dynamics, train_lam, train_tokenizer
-from trainers.loop import StepBatchSampler, TrainingError, train
+from trainers.loop import StepBatchSampler, TrainingError, build_datasets, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,3 +268,40 @@ def test_tensorboard_gets_throughput_and_peak_memory(trained):
         peak = [e.value for e in events.Scalars("train/peak_memory_GiB")]
         assert 0.05 < peak[-1] < 24 and peak == sorted(peak)  # a running peak never falls
         assert all(e.value > 0 for e in events.Scalars("train/frames_per_s"))
+
+
+def test_code_pixel_means_average_the_patches_each_code_gets(trained, coinrun_dir):
+    tok = load_model(trained["tokenizer"], "tokenizer").eval()
+    clips = list(_val_batch(coinrun_dir))
+    means = train_dynamics.code_pixel_means(tok, clips, batch=3)
+    assert means.shape == (64, 8 * 8 * 3)
+    video = torch.stack(clips)
+    codes = tok.encode(video).flatten()
+    patches = video.reshape(len(clips), 4, 3, 4, 8, 4, 8).permute(0, 1, 3, 5, 4, 6, 2).reshape(codes.numel(), -1)
+    used = codes.unique()
+    for c in used[:5]:
+        assert torch.allclose(means[c], patches[codes == c].mean(0), atol=1e-5)
+    unused = [c for c in range(64) if c not in set(used.tolist())]
+    if unused:  # codes no patch took get the mean of all patches
+        assert torch.allclose(means[unused[0]], patches.mean(0), atol=1e-5)
+
+
+def test_token_pixels_dynamics_checkpoint_carries_its_code_patches(tmp_path, trained, coinrun_dir):
+    cfg = yaml.safe_load(micro_config(tmp_path, "dynamics", steps=4).read_text())
+    cfg["model"]["token_pixels"] = 12
+    path = tmp_path / "pix.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    extra = ("--tokenizer_path", str(trained["tokenizer"]), "--lam_path", str(trained["lam"]))
+    with pytest.raises(TrainingError, match=r"token_pixels is 12 but the tokenizer's patches hold 192 values"):
+        train_dynamics.main(args_for(train_dynamics.parser(), path, coinrun_dir, tmp_path / "p", *extra))
+    cfg["model"]["token_pixels"] = 192
+    path.write_text(yaml.safe_dump(cfg))
+    dyn_path = train_dynamics.main(args_for(train_dynamics.parser(), path, coinrun_dir, tmp_path / "p", *extra))
+    # Rebuilt from the file alone, the model holds the patches the trainer measured on its clips.
+    dyn = load_model(dyn_path, "dynamics")
+    tok = load_model(trained["tokenizer"], "tokenizer").eval()
+    train_ds, _ = build_datasets(load_config(path), coinrun_dir, tok.cfg.image_size)
+    fresh = train_dynamics.DynamicsModel(dyn.cfg)
+    fresh.set_code_pixels(train_dynamics.code_pixel_means(tok, train_dynamics._pixel_clips(train_ds, 256)))
+    assert torch.allclose(dyn.code_pixels, fresh.code_pixels, atol=1e-5)
+    assert dyn.code_pixels[:-1].abs().sum() > 0

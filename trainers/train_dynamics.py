@@ -17,10 +17,15 @@ from torch import nn
 from genie_env.checkpoint import load_model, load_model_and_config, save_checkpoint
 from genie_env.config import StageConfig, load_config, stage_from_dict
 from genie_env.models import DynamicsModel, LatentActionModel
+from genie_env.models.tokenizer import patchify
 from trainers.loop import (Task, TrainingError, base_parser, build_datasets, run_cli,
                            stage_from_args, train)
 from genie_env.video import side_by_side
 from genie_env.world import pair_problems
+
+# Clips whose patches give each code its mean pixel patch (token_pixels): 256 clips of 8 frames
+# give each of 1024 codes about 500 patches on average.
+PIXEL_CLIPS = 256
 
 
 def check_compatible(cfg: StageConfig, tok, lam) -> None:
@@ -55,6 +60,34 @@ class CoTrain(nn.Module):
         return out
 
 
+@torch.no_grad()
+def code_pixel_means(tokenizer, clips: list[torch.Tensor], batch: int = 16) -> torch.Tensor:
+    """Each code's mean pixel patch (num_codes, patch^2 x channels) over the patches that
+    ``tokenizer`` gives that code in ``clips`` (each (T, C, H, W) in [0, 1]); codes that never
+    occur get the mean of all patches."""
+    cfg = tokenizer.cfg
+    dev = next(tokenizer.parameters()).device
+    sums = torch.zeros(cfg.num_codes, cfg.patch_size ** 2 * cfg.in_channels, dtype=torch.float64)
+    counts = torch.zeros(cfg.num_codes, dtype=torch.float64)
+    for start in range(0, len(clips), batch):
+        video = torch.stack(clips[start:start + batch]).to(dev)
+        codes = tokenizer.encode(video).flatten().cpu()
+        patches = patchify(video.float(), cfg.patch_size).reshape(codes.numel(), -1).cpu().double()
+        sums.index_add_(0, codes, patches)
+        counts += torch.bincount(codes, minlength=cfg.num_codes).double()
+    if not counts.any():
+        raise TrainingError("no clips to measure the codes' pixel patches from")
+    means = sums / counts.clamp(min=1)[:, None]
+    means[counts == 0] = sums.sum(0) / counts.sum()
+    return means.float()
+
+
+def _pixel_clips(dataset, count: int) -> list[torch.Tensor]:
+    """``count`` clips spread evenly over ``dataset`` (the same ones on every rank and resume)."""
+    n = len(dataset)
+    return [dataset[i * n // min(count, n)]["frames"] for i in range(min(count, n))]
+
+
 def _frozen(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
@@ -62,9 +95,15 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage: StageConfig | None = None) -> Task:
+def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage: StageConfig | None = None,
+              code_pixels: torch.Tensor | None = None) -> Task:
+    """``code_pixels``: the codes' mean pixel patches, required when the config sets ``token_pixels``."""
     torch.manual_seed(cfg.train.seed)
     dyn = DynamicsModel(cfg.model)
+    if cfg.model.token_pixels:
+        if code_pixels is None:
+            raise TrainingError("token_pixels is set: pass the codes' pixel patches (code_pixel_means)")
+        dyn.set_code_pixels(code_pixels)
     tokenizer = _frozen(tokenizer)
     if not cotrain:
         lam = _frozen(lam)
@@ -132,7 +171,12 @@ def main(args) -> Path:
         if not (train_ds.has_rewards and "dones" in train_ds[0]):
             raise TrainingError(f"reward_head is true but the data in {args.data_dir} has no rewards/dones; "
                                 "set model.reward_head: false or collect data with rewards")
-    task = make_task(cfg, tokenizer, lam, args.cotrain_lam, lam_stage)
+    code_pixels = None
+    if cfg.model.token_pixels:
+        # On a resume the checkpoint's copy replaces these (the same numbers: same clips, same tokenizer).
+        train_ds, _ = build_datasets(cfg, args.data_dir, tokenizer.cfg.image_size)
+        code_pixels = code_pixel_means(tokenizer.eval(), _pixel_clips(train_ds, PIXEL_CLIPS))
+    task = make_task(cfg, tokenizer, lam, args.cotrain_lam, lam_stage, code_pixels)
     path = train(task, args.data_dir, args.device, args.out_dir, args.resume, image_size=tokenizer.cfg.image_size)
     if args.cotrain_lam and int(os.environ.get("RANK", "0")) == 0:
         out = Path(args.out_dir or cfg.train.out_dir) / "lam_cotrained" / "latest.pt"

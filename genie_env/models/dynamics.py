@@ -108,12 +108,46 @@ class DynamicsModel(nn.Module):
                                          cfg.max_frames, qk_dim=cfg.qk_dim, mlp_ratio=cfg.mlp_ratio,
                                          qk_norm=cfg.qk_norm, grad_checkpointing=cfg.grad_checkpointing)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        if cfg.token_pixels:
+            # Row v: code v's mean pixel patch, standardized over the codes (set_code_pixels); the
+            # mask token's row stays zero.
+            self.register_buffer("code_pixels", torch.zeros(cfg.vocab_size + 1, cfg.token_pixels))
+            self.pixels_in = nn.Linear(cfg.token_pixels, cfg.d_model)
+            self.pixels_out = nn.Linear(cfg.d_model, cfg.token_pixels)
         if cfg.reward_head:
             # r_t, done_t of the transition out of frame t, from frame t's state and the action.
             self.head_action_emb = nn.Embedding(cfg.num_actions + 1, cfg.d_model)
             self.reward_done = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(),
                                              nn.Linear(cfg.d_model, 2))
         init_weights(self)
+
+    def set_code_pixels(self, pixels: torch.Tensor) -> None:
+        """Each code's mean pixel patch (vocab_size, token_pixels), e.g. from the trainer's
+        ``code_pixel_means``; kept standardized per pixel so that the embedding and the logits start small."""
+        if not self.cfg.token_pixels:
+            raise ValueError("this dynamics config has token_pixels: 0; set it to use code pixels")
+        want = (self.cfg.vocab_size, self.cfg.token_pixels)
+        if tuple(pixels.shape) != want:
+            raise ValueError(f"code pixels must have shape {want}, got {tuple(pixels.shape)}")
+        pixels = pixels.double()
+        pixels = (pixels - pixels.mean(0)) / pixels.std(0).clamp(min=1e-3)
+        self.code_pixels[:-1] = pixels.to(self.code_pixels)
+
+    def token_embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Input embedding of token indices (the mask id included) -> (..., d_model)."""
+        x = self.token_emb(tokens)
+        if self.cfg.token_pixels:
+            x = x + self.pixels_in(self.code_pixels[tokens])
+        return x
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (..., vocab_size) from hidden states (..., d_model); with
+        ``token_pixels``, plus a predicted pixel patch's dot product with each code's patch, so
+        that codes that look alike score alike."""
+        out = self.head(h)
+        if self.cfg.token_pixels:
+            out = out + self.pixels_out(h) @ self.code_pixels[:-1].T
+        return out
 
     def _check(self, tokens: torch.Tensor, actions: torch.Tensor) -> None:
         b, t = tokens.shape[:2]
@@ -131,7 +165,7 @@ class DynamicsModel(nn.Module):
         return torch.cat([first, actions], dim=1)
 
     def embed(self, tokens: torch.Tensor, frame_actions: torch.Tensor) -> torch.Tensor:
-        return self.token_emb(tokens) + self.action_emb(frame_actions).unsqueeze(-2)
+        return self.token_embed(tokens) + self.action_emb(frame_actions).unsqueeze(-2)
 
     def forward(self, tokens: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor | None = None,
                 dones: torch.Tensor | None = None, mask_rate: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -156,7 +190,7 @@ class DynamicsModel(nn.Module):
             mask &= ~clean[:, :, None]
         frame_actions = self._frame_actions(actions)
         h = self.transformer(self.embed(tokens.masked_fill(mask, self.mask_id), frame_actions))
-        logits = self.head(h)
+        logits = self.logits(h)
         ce = F.cross_entropy(logits[mask].float(), tokens[mask]) if mask.any() else logits.sum() * 0
         with torch.no_grad():
             acc = (logits[mask].argmax(-1) == tokens[mask]).float().mean() if mask.any() else ce.detach()
@@ -188,7 +222,7 @@ class DynamicsModel(nn.Module):
         (None for an episode's first frame). Returns the frame's hidden state (B, N, D)."""
         if prev_action is None:
             prev_action = torch.full((tokens.shape[0],), self.no_action, dtype=torch.long, device=tokens.device)
-        x = self.token_emb(tokens) + self.action_emb(prev_action).unsqueeze(-2)
+        x = self.token_embed(tokens) + self.action_emb(prev_action).unsqueeze(-2)
         return self.transformer.step(x, cache, commit=True)
 
     @torch.no_grad()
@@ -201,7 +235,7 @@ class DynamicsModel(nn.Module):
         """
         act = self.action_emb(action).unsqueeze(-2)
         return maskgit_sample(
-            lambda tok: self.head(self.transformer.step(self.token_emb(tok) + act, cache, commit=False)),
+            lambda tok: self.logits(self.transformer.step(self.token_embed(tok) + act, cache, commit=False)),
             action.shape[0], self.num_tokens, self.mask_id, steps or self.cfg.maskgit_steps,
             self.cfg.temperature if temperature is None else temperature, action.device, generators,
             self.cfg.commit_noise)
@@ -218,7 +252,7 @@ class DynamicsModel(nn.Module):
 
         def logits_fn(tok: torch.Tensor) -> torch.Tensor:
             x = torch.cat([tokens, tok[:, None]], dim=1)[:, -self.cfg.max_frames:]
-            return self.head(self.transformer(self.embed(x, frame_actions[:, -x.shape[1]:]))[:, -1])
+            return self.logits(self.transformer(self.embed(x, frame_actions[:, -x.shape[1]:]))[:, -1])
 
         return maskgit_sample(logits_fn, action.shape[0], self.num_tokens, self.mask_id,
                               steps or self.cfg.maskgit_steps,
