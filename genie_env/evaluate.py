@@ -13,6 +13,11 @@
   camera moves 1 pixel a frame), the share that the tokenizer's reconstruction, the k-means
   baseline's, and the rollouts under inferred and under random actions scroll by the same
   number of pixels: a world whose tokenizer loses the scroll cannot answer the arrow keys;
+- one step from the real past: each next frame sampled from the real frames before it and its
+  inferred action (PSNR, and the share of scrolling pairs it scrolls alike beside the real frame
+  before it), against repeating the frame or its reconstruction (what a model that only copied
+  the tokens would score) and, for the scroll, against the real next frame's reconstruction in
+  the same place: the dynamics model's own skill, before a rollout compounds its errors;
 - baselines the numbers are read against: "repeat the prompt" (PSNR of the prompt frame held
   still) for every rollout figure, and per-patch k-means with the tokenizer's patch size and
   code count (the same bits per frame, no learning) for the tokenizer;
@@ -43,7 +48,7 @@ from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
 from genie_env.metrics import (colour_histograms, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
-                               patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout)
+                               one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout)
 from genie_env.video import to_uint8_frames, write_video
 from genie_env.nn.vq import code_stats
 from genie_env.world import World
@@ -226,13 +231,22 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         random_actions = torch.randint(0, dynamics.cfg.num_actions, actions.shape, generator=g).to(dev)
         gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]
         randomized = rollout(tokenizer, dynamics, video, random_actions, generators=gens)
+        gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]
+        one_step = one_step_predictions(tokenizer, dynamics, video, actions, generators=gens)
         for key, value in (("tok_psnr", psnr_per_frame(recon, video).mean()), ("tok_ssim", ssim(recon, video)),
                            ("lam_psnr", psnr_per_frame(lam_out["recon"], video[:, 1:]).mean()),
                            ("roll_inferred", psnr_per_frame(inferred, video)),
                            ("roll_random", psnr_per_frame(randomized, video)),
-                           ("roll_still", psnr_per_frame(video[:, :1].expand_as(video), video))):
+                           ("roll_still", psnr_per_frame(video[:, :1].expand_as(video), video)),
+                           ("one_step", psnr_per_frame(one_step, video[:, 1:]).mean()),
+                           ("copy_step", psnr_per_frame(video[:, :-1], video[:, 1:]).mean()),
+                           ("copy_recon_step", psnr_per_frame(recon[:, :-1], video[:, 1:]).mean())):
             sums.setdefault(key, []).append((value.cpu() * n, n))
-        scrolls.append(np.stack([horizontal_scrolls(v) for v in (video, recon, inferred, randomized)]))
+        # Each real frame beside the frame that follows it: predicted, or the real one reconstructed
+        # (the most a prediction in the tokenizer's codes can keep).
+        beside = [torch.stack([video[:, :-1], nxt], dim=2).flatten(0, 1) for nxt in (one_step, recon[:, 1:])]
+        scrolls.append(np.stack([horizontal_scrolls(v) for v in (video, recon, inferred, randomized)]
+                                + [horizontal_scrolls(v).reshape(n, -1) for v in beside]))
         if first is None:
             first = (video[0], inferred[0], randomized[0])
 
@@ -257,13 +271,17 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         f"rollout PSNR at t={t}, random actions (dB)": float(p_rand[t]),
         f"delta-t PSNR at t={t} (dB)": float(p_inf[t] - p_rand[t]),
         f"repeat-the-prompt PSNR at t={t} (dB)": float(mean("roll_still")[t]),
+        "one step from the real past, inferred actions: PSNR (dB)": float(mean("one_step")),
+        "one step from the real past: repeat-the-frame PSNR (dB)": float(mean("copy_step")),
+        "one step from the real past: the frame's reconstruction repeated, PSNR (dB)": float(mean("copy_recon_step")),
     }
-    scroll = np.concatenate(scrolls, axis=1)  # (4, clips, T-1): real, reconstruction, two rollouts
+    scroll = np.concatenate(scrolls, axis=1)  # (6, clips, T-1): real, reconstruction, two rollouts, one step, its ceiling
     moved = scroll[0] != 0
     results["scrolling: consecutive real frame pairs that scroll sideways"] = int(moved.sum())
     if moved.any():
         for row, name in ((1, "tokenizer reconstruction"), (2, "rollout, inferred actions"),
-                          (3, "rollout, random actions")):
+                          (3, "rollout, random actions"), (4, "one step from the real past, inferred actions"),
+                          (5, "one step from the real past, the real next frame's reconstruction")):
             results[f"scrolling: {name} scrolls alike (fraction)"] = float((scroll[row] == scroll[0])[moved].mean())
     if true is not None:
         results["LAM vs true actions: transitions"] = len(true)

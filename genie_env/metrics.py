@@ -33,6 +33,23 @@ def rollout(tokenizer, dynamics, video: torch.Tensor, actions: torch.Tensor, ste
 
 
 @torch.no_grad()
+def one_step_predictions(tokenizer, dynamics, video: torch.Tensor, actions: torch.Tensor,
+                         generators=None) -> torch.Tensor:
+    """Each next frame of ``video`` (B, T, C, H, W) sampled from the real frames before it and
+    its action in ``actions`` (B, T-1) -> float32 frames (B, T-1, C, H, W): the dynamics model's
+    one-step skill, apart from the errors a rollout compounds. Each prediction is decoded after
+    the real tokens it was sampled from. T must fit both models' windows."""
+    tokens = tokenizer.encode(video)
+    cache = dynamics.new_cache(video.shape[0], video.device)
+    frames = []
+    for t in range(video.shape[1] - 1):
+        dynamics.observe(cache, tokens[:, t], None if t == 0 else actions[:, t - 1])
+        nxt = dynamics.sample_next(cache, actions[:, t], generators=generators)
+        frames.append(tokenizer.decode(torch.cat([tokens[:, :t + 1], nxt[:, None]], dim=1))[:, -1])
+    return torch.stack(frames, dim=1)
+
+
+@torch.no_grad()
 def encode_long(tokenizer, video: torch.Tensor) -> torch.Tensor:
     """Video (B, T, C, H, W) of any length T -> tokens (B, T, N), frame by frame against the
     encoder's KV cache, which slides past the tokenizer's ``max_frames``."""

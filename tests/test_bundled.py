@@ -102,8 +102,16 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
     assert fp32["arrow keys: trials"] == 64  # 8 prompts x 2 directions x 4 seeds
     # These seeded episodes scroll in some consecutive pairs, so every scrolling share is read.
     assert fp32["scrolling: consecutive real frame pairs that scroll sideways"] > 0
-    for who in ("tokenizer reconstruction", "k-means baseline", "rollout, inferred actions", "rollout, random actions"):
+    for who in ("tokenizer reconstruction", "k-means baseline", "rollout, inferred actions", "rollout, random actions",
+                "one step from the real past, inferred actions",
+                "one step from the real past, the real next frame's reconstruction"):
         assert 0 <= fp32[f"scrolling: {who} scrolls alike (fraction)"] <= 1, who
+    # One step from the real past, against holding the real frame still: CoinRun moves little
+    # per frame, and the bundled tokenizer alone (about 18 dB) keeps its prediction below that.
+    one = fp32["one step from the real past, inferred actions: PSNR (dB)"]
+    assert 10 < one < fp32["one step from the real past: repeat-the-frame PSNR (dB)"]
+    assert fp32["one step from the real past: the frame's reconstruction repeated, PSNR (dB)"] < fp32[
+        "one step from the real past: repeat-the-frame PSNR (dB)"]
     # The 8-frame clips' t=4 figures are their own, not the long clips' (which once overwrote them).
     by_t = fp32["rollout PSNR by t, inferred actions (dB)"]  # rounded to 3 decimals
     assert abs(fp32["rollout PSNR at t=4, inferred actions (dB)"] - by_t[3]) < 1e-3

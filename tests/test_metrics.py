@@ -2,10 +2,10 @@ import numpy as np
 import torch
 
 from genie_env.metrics import (colour_histograms, decode_long, encode_long, frame_shifts,
-                               horizontal_scrolls, nearest_histogram_distance, patch_kmeans_reconstruct,
-                               psnr, rightward_progress)
-from genie_env.models import LatentActionModel, VideoTokenizer
-from tests.tiny import lam_cfg, moving_square, tokenizer_cfg
+                               horizontal_scrolls, nearest_histogram_distance, one_step_predictions,
+                               patch_kmeans_reconstruct, psnr, rightward_progress)
+from genie_env.models import DynamicsModel, LatentActionModel, VideoTokenizer
+from tests.tiny import dynamics_cfg, lam_cfg, moving_square, tokenizer_cfg
 
 
 def test_rightward_progress_measures_the_scroll():
@@ -73,3 +73,22 @@ def test_patch_kmeans_baseline_is_exact_on_few_patch_kinds_and_lossy_on_noise():
     assert recon.shape == (2, 3, 16, 16) and psnr(recon, frames[4:]) > 60  # every patch is a centroid
     noise = torch.rand(6, 3, 16, 16, generator=g)
     assert psnr(patch_kmeans_reconstruct(noise[:4], noise[4:], patch=4, codes=4), noise[4:]) < 15
+
+
+def test_one_step_predictions_start_each_frame_from_the_real_past():
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg()).eval()
+    dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4), vocab_size=32, temperature=0.0)).eval()
+    video, actions = moving_square(2, 5)
+    pred = one_step_predictions(tok, dyn, video, actions)
+    assert pred.shape == (2, 4, 3, 16, 16)
+    tokens = tok.encode(video)
+    for t in range(4):  # frame t+1 from the real tokens 0..t, decoded after them
+        nxt = dyn.sample_next_uncached(tokens[:, :t + 1], actions[:, :t], actions[:, t])
+        want = tok.decode(torch.cat([tokens[:, :t + 1], nxt[:, None]], dim=1))[:, -1]
+        torch.testing.assert_close(pred[:, t], want, atol=1e-5, rtol=1e-5)
+    # A different real frame 2 leaves the predictions of frames 1 and 2 alone, not those after it.
+    other = video.clone()
+    other[:, 2] = video[:, 2].flip(-1)
+    again = one_step_predictions(tok, dyn, other, actions)
+    assert torch.equal(again[:, :2], pred[:, :2]) and not torch.allclose(again[:, 2:], pred[:, 2:])
