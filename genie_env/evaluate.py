@@ -259,6 +259,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     t = min(4, clip_len - 1)  # frames counted from 0 here: index 4 is the paper's t = 4 after the prompt
     results = {
         "clips": len(idx), "clip_len": clip_len, "split": split, "commit noise": float(dynamics.cfg.commit_noise),
+        "temperature": float(dynamics.cfg.temperature),
         "tokenizer PSNR (dB)": float(mean("tok_psnr")), "tokenizer SSIM": float(mean("tok_ssim")),
         "tokenizer codebook perplexity": float(code_stats(None, tokenizer.cfg.num_codes, token_counts.float())["perplexity"]),
         "tokenizer codebook size": tokenizer.cfg.num_codes,
@@ -356,6 +357,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clips whose transitions give the LAM's perplexity and agreement with the true actions")
     p.add_argument("--commit_noise", type=float, default=None,
                    help="MaskGIT's annealed commit-order noise for this evaluation (default: the checkpoint's)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="MaskGIT sampling temperature for this evaluation (default: the checkpoint's; 0: greedy)")
     p.add_argument("--dtype", default="float32",
                    help="precision of the tokenizer and dynamics model (float32, or bfloat16 to see what it costs)")
 
@@ -364,6 +367,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, "clips", "action_clips")
     if args.commit_noise is not None and args.commit_noise < 0:
         raise ValueError(f"--commit_noise must be >= 0, got {args.commit_noise}")
+    if args.temperature is not None and args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
     dev = resolve_device(args.device)
     b = bundled_paths()
     dtype = resolve_dtype(args.dtype, dev)
@@ -373,6 +378,8 @@ def run(args: argparse.Namespace) -> int:
     dyn = dyn.to(dtype)
     if args.commit_noise is not None:
         dyn.cfg.commit_noise = args.commit_noise
+    if args.temperature is not None:
+        dyn.cfg.temperature = args.temperature
     amap = (json.loads(Path(args.action_map).read_text()) if args.action_map
             else load_action_map(args.dynamics_path))
     results = evaluate_world(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,

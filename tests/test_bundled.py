@@ -4,6 +4,7 @@ import warnings
 
 import gymnasium as gym
 import numpy as np
+import pytest
 from gymnasium.utils.env_checker import check_env
 
 import genie_env  # noqa: F401
@@ -117,18 +118,20 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
     assert abs(fp32["rollout PSNR at t=4, inferred actions (dB)"] - by_t[3]) < 1e-3
 
 
-def test_eval_commit_noise_changes_the_rollouts_only(coinrun_dir, tmp_path):
+@pytest.mark.parametrize("flag, values, key", [("--commit_noise", ("0", "4"), "commit noise"),
+                                               ("--temperature", ("1", "0"), "temperature")])
+def test_eval_sampler_options_change_the_rollouts_only(coinrun_dir, tmp_path, flag, values, key):
     from genie_env.cli import main
     results = {}
-    for noise in ("0", "4"):
-        assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "4", "--out", str(tmp_path / noise),
-                     "--device", "cpu", "--horizon", "0", "--long_steps", "0", "--commit_noise", noise]) == 0
-        results[noise] = json.loads((tmp_path / noise / "results.json").read_text())
-    plain, noisy = results["0"], results["4"]
-    assert plain["commit noise"] == 0.0 and noisy["commit noise"] == 4.0
-    assert plain["tokenizer PSNR (dB)"] == noisy["tokenizer PSNR (dB)"]
-    assert plain["rollout PSNR by t, inferred actions (dB)"] != noisy["rollout PSNR by t, inferred actions (dB)"]
-    assert main(["eval", "--data_dir", str(coinrun_dir), "--commit_noise", "-1", "--device", "cpu"]) == 2
+    for value in values:
+        assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "4", "--out", str(tmp_path / value),
+                     "--device", "cpu", "--horizon", "0", "--long_steps", "0", flag, value]) == 0
+        results[value] = json.loads((tmp_path / value / "results.json").read_text())
+    first, second = (results[v] for v in values)
+    assert (first[key], second[key]) == tuple(float(v) for v in values)
+    assert first["tokenizer PSNR (dB)"] == second["tokenizer PSNR (dB)"]
+    assert first["rollout PSNR by t, inferred actions (dB)"] != second["rollout PSNR by t, inferred actions (dB)"]
+    assert main(["eval", "--data_dir", str(coinrun_dir), flag, "-1", "--device", "cpu"]) == 2
     assert main(["eval", "--data_dir", str(coinrun_dir), "--action_clips", "0", "--device", "cpu"]) == 2
 
 
