@@ -166,15 +166,14 @@ def main(args) -> Path:
     if args.cotrain_lam:
         lam.train()
     check_compatible(cfg, tokenizer, lam)
-    if cfg.model.reward_head:
+    if cfg.model.reward_head or cfg.model.token_pixels:
         train_ds, _ = build_datasets(cfg, args.data_dir, tokenizer.cfg.image_size)
-        if not (train_ds.has_rewards and "dones" in train_ds[0]):
-            raise TrainingError(f"reward_head is true but the data in {args.data_dir} has no rewards/dones; "
-                                "set model.reward_head: false or collect data with rewards")
+    if cfg.model.reward_head and not (train_ds.has_rewards and "dones" in train_ds[0]):
+        raise TrainingError(f"reward_head is true but the data in {args.data_dir} has no rewards/dones; "
+                            "set model.reward_head: false or collect data with rewards")
     code_pixels = None
     if cfg.model.token_pixels:
         # On a resume the checkpoint's copy replaces these (the same numbers: same clips, same tokenizer).
-        train_ds, _ = build_datasets(cfg, args.data_dir, tokenizer.cfg.image_size)
         code_pixels = code_pixel_means(tokenizer.eval(), _pixel_clips(train_ds, PIXEL_CLIPS))
     task = make_task(cfg, tokenizer, lam, args.cotrain_lam, lam_stage, code_pixels)
     path = train(task, args.data_dir, args.device, args.out_dir, args.resume, image_size=tokenizer.cfg.image_size)

@@ -222,8 +222,7 @@ class DynamicsModel(nn.Module):
         (None for an episode's first frame). Returns the frame's hidden state (B, N, D)."""
         if prev_action is None:
             prev_action = torch.full((tokens.shape[0],), self.no_action, dtype=torch.long, device=tokens.device)
-        x = self.token_embed(tokens) + self.action_emb(prev_action).unsqueeze(-2)
-        return self.transformer.step(x, cache, commit=True)
+        return self.transformer.step(self.embed(tokens, prev_action), cache, commit=True)
 
     @torch.no_grad()
     def sample_next(self, cache: TemporalKVCache, action: torch.Tensor, steps: int | None = None,
