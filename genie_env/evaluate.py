@@ -232,7 +232,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]
         randomized = rollout(tokenizer, dynamics, video, random_actions, generators=gens)
         gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]
-        one_step = one_step_predictions(tokenizer, dynamics, video, actions, generators=gens)
+        one_step = one_step_predictions(tokenizer, dynamics, tokens, actions, generators=gens)
         for key, value in (("tok_psnr", psnr_per_frame(recon, video).mean()), ("tok_ssim", ssim(recon, video)),
                            ("lam_psnr", psnr_per_frame(lam_out["recon"], video[:, 1:]).mean()),
                            ("roll_inferred", psnr_per_frame(inferred, video)),
@@ -365,10 +365,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_positive(args, "clips", "action_clips")
-    if args.commit_noise is not None and args.commit_noise < 0:
-        raise ValueError(f"--commit_noise must be >= 0, got {args.commit_noise}")
-    if args.temperature is not None and args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    # Sampler settings that override the checkpoint's for this evaluation only.
+    sampler = {name: getattr(args, name) for name in ("commit_noise", "temperature")
+               if getattr(args, name) is not None}
+    for name, value in sampler.items():
+        if value < 0:
+            raise ValueError(f"--{name} must be >= 0, got {value}")
     dev = resolve_device(args.device)
     b = bundled_paths()
     dtype = resolve_dtype(args.dtype, dev)
@@ -376,10 +378,8 @@ def run(args: argparse.Namespace) -> int:
     lam = load_model(args.lam_path or b["lam"], "lam", dev)
     dyn, dyn_stage = load_model_and_config(args.dynamics_path or b["dynamics"], "dynamics", dev)
     dyn = dyn.to(dtype)
-    if args.commit_noise is not None:
-        dyn.cfg.commit_noise = args.commit_noise
-    if args.temperature is not None:
-        dyn.cfg.temperature = args.temperature
+    for name, value in sampler.items():
+        setattr(dyn.cfg, name, value)
     amap = (json.loads(Path(args.action_map).read_text()) if args.action_map
             else load_action_map(args.dynamics_path))
     results = evaluate_world(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,

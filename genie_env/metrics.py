@@ -33,16 +33,15 @@ def rollout(tokenizer, dynamics, video: torch.Tensor, actions: torch.Tensor, ste
 
 
 @torch.no_grad()
-def one_step_predictions(tokenizer, dynamics, video: torch.Tensor, actions: torch.Tensor,
+def one_step_predictions(tokenizer, dynamics, tokens: torch.Tensor, actions: torch.Tensor,
                          generators=None) -> torch.Tensor:
-    """Each next frame of ``video`` (B, T, C, H, W) sampled from the real frames before it and
-    its action in ``actions`` (B, T-1) -> float32 frames (B, T-1, C, H, W): the dynamics model's
-    one-step skill, apart from the errors a rollout compounds. Each prediction is decoded after
-    the real tokens it was sampled from. T must fit both models' windows."""
-    tokens = tokenizer.encode(video)
-    cache = dynamics.new_cache(video.shape[0], video.device)
+    """Each next frame of a real video, given as its tokens (B, T, N), sampled from the real
+    frames before it and its action in ``actions`` (B, T-1) -> float32 frames (B, T-1, C, H, W):
+    the dynamics model's one-step skill, apart from the errors a rollout compounds. Each
+    prediction is decoded after the real tokens it was sampled from. T must fit both models' windows."""
+    cache = dynamics.new_cache(tokens.shape[0], tokens.device)
     frames = []
-    for t in range(video.shape[1] - 1):
+    for t in range(tokens.shape[1] - 1):
         dynamics.observe(cache, tokens[:, t], None if t == 0 else actions[:, t - 1])
         nxt = dynamics.sample_next(cache, actions[:, t], generators=generators)
         frames.append(tokenizer.decode(torch.cat([tokens[:, :t + 1], nxt[:, None]], dim=1))[:, -1])

@@ -80,9 +80,9 @@ def test_one_step_predictions_start_each_frame_from_the_real_past():
     tok = VideoTokenizer(tokenizer_cfg()).eval()
     dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4), vocab_size=32, temperature=0.0)).eval()
     video, actions = moving_square(2, 5)
-    pred = one_step_predictions(tok, dyn, video, actions)
-    assert pred.shape == (2, 4, 3, 16, 16)
     tokens = tok.encode(video)
+    pred = one_step_predictions(tok, dyn, tokens, actions)
+    assert pred.shape == (2, 4, 3, 16, 16)
     for t in range(4):  # frame t+1 from the real tokens 0..t, decoded after them
         nxt = dyn.sample_next_uncached(tokens[:, :t + 1], actions[:, :t], actions[:, t])
         want = tok.decode(torch.cat([tokens[:, :t + 1], nxt[:, None]], dim=1))[:, -1]
@@ -90,5 +90,5 @@ def test_one_step_predictions_start_each_frame_from_the_real_past():
     # A different real frame 2 leaves the predictions of frames 1 and 2 alone, not those after it.
     other = video.clone()
     other[:, 2] = video[:, 2].flip(-1)
-    again = one_step_predictions(tok, dyn, other, actions)
+    again = one_step_predictions(tok, dyn, tok.encode(other), actions)
     assert torch.equal(again[:, :2], pred[:, :2]) and not torch.allclose(again[:, 2:], pred[:, 2:])
