@@ -48,14 +48,18 @@ class TokenizerConfig:
     dead_code_steps: int = 100
     kmeans_init: bool = True
     # "vq" (the paper's VQ-VAE) or "fsq" (Mentzer et al., 2023): num_codes must then equal
-    # the product of fsq_levels, and code_dim is len(fsq_levels).
+    # the product of fsq_levels, and code_dim is len(fsq_levels). "kmeans": no encoder; a
+    # patch's token is the nearest of num_codes pixel patches that the trainer fits by k-means
+    # on kmeans_frames training frames, and the decoder refines the code's patch from context
+    # (code_dim and the enc_* sizes are then unused).
     quantizer: str = "vq"
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    kmeans_frames: int = 1024
     grad_checkpointing: bool = False
 
     def __post_init__(self):
-        if self.quantizer not in ("vq", "fsq"):
-            raise ConfigError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.quantizer not in ("vq", "fsq", "kmeans"):
+            raise ConfigError(f"quantizer must be 'vq', 'fsq' or 'kmeans', got {self.quantizer!r}")
         if self.quantizer == "fsq":
             n = 1
             for v in self.fsq_levels:
@@ -281,6 +285,9 @@ def load_config(path: str | Path) -> StageConfig:
         raise ConfigError(f"{path}: config file not found")
     try:
         d = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file, so not a stage YAML (a checkpoint? its config is inside it: "
+                          "load it with genie_env.load_model)") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     return stage_from_dict(d, where=str(path))

@@ -242,6 +242,9 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
                            ("copy_step", psnr_per_frame(video[:, :-1], video[:, 1:]).mean()),
                            ("copy_recon_step", psnr_per_frame(recon[:, :-1], video[:, 1:]).mean())):
             sums.setdefault(key, []).append((value.cpu() * n, n))
+        if tokenizer.pixel_codes:
+            codes_only = psnr_per_frame(tokenizer.code_patches(tokens), video).mean()
+            sums.setdefault("tok_codes_psnr", []).append((codes_only.cpu() * n, n))
         # Each real frame beside the frame that follows it: predicted, or the real one reconstructed
         # (the most a prediction in the tokenizer's codes can keep).
         beside = [torch.stack([video[:, :-1], nxt], dim=2).flatten(0, 1) for nxt in (one_step, recon[:, 1:])]
@@ -261,6 +264,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         "clips": len(idx), "clip_len": clip_len, "split": split, "commit noise": float(dynamics.cfg.commit_noise),
         "temperature": float(dynamics.cfg.temperature),
         "tokenizer PSNR (dB)": float(mean("tok_psnr")), "tokenizer SSIM": float(mean("tok_ssim")),
+        **({"tokenizer PSNR, its pixel codes alone (dB)": float(mean("tok_codes_psnr"))} if "tok_codes_psnr" in sums else {}),
         "tokenizer codebook perplexity": float(code_stats(None, tokenizer.cfg.num_codes, token_counts.float())["perplexity"]),
         "tokenizer codebook size": tokenizer.cfg.num_codes,
         "LAM next-frame PSNR (dB)": float(mean("lam_psnr")),

@@ -88,6 +88,7 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
     assert fp32["clips"] == bf16["clips"] == 8 and fp32["clip_len"] == 8
     # real CoinRun frames through the bundled tokenizer, and bf16 costs it little
     assert fp32["tokenizer PSNR (dB)"] > 15
+    assert "tokenizer PSNR, its pixel codes alone (dB)" not in fp32  # a VQ tokenizer's codes are not pixels
     assert abs(fp32["tokenizer PSNR (dB)"] - bf16["tokenizer PSNR (dB)"]) < 0.5
     assert len(bf16["rollout PSNR by t, inferred actions (dB)"]) == 7
     assert fp32["LAM vs true actions: accuracy"] == bf16["LAM vs true actions: accuracy"]  # the LAM stays fp32

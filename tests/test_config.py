@@ -20,6 +20,17 @@ def test_shipped_configs_load_and_tiny_presets_build(kind):
     assert count_parameters(build_model(kind, tiny.model)) < 2_000_000
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_config_loads(path):
+    assert load_config(path).kind in ("tokenizer", "lam", "dynamics")
+
+
+def test_quantizer_choices_are_named(tmp_path):
+    assert TokenizerConfig(quantizer="kmeans").quantizer == "kmeans"
+    with pytest.raises(ConfigError, match="quantizer must be 'vq', 'fsq' or 'kmeans', got 'pq'"):
+        TokenizerConfig(quantizer="pq")
+
+
 def test_seed_sizes_match_the_issue():
     tok, lam, dyn = TokenizerConfig(), LAMConfig(), DynamicsConfig()
     assert (tok.patch_size, tok.num_codes, tok.code_dim, tok.enc_layers, tok.enc_dim, tok.dec_layers,
@@ -27,6 +38,13 @@ def test_seed_sizes_match_the_issue():
     assert (lam.patch_size, lam.num_actions, lam.action_dim, lam.enc_layers, lam.enc_dim) == (16, 8, 32, 8, 512)
     assert (dyn.num_layers, dyn.d_model, dyn.num_heads, dyn.qk_dim, dyn.vocab_size, dyn.maskgit_steps,
             dyn.temperature) == (12, 768, 12, 128, 1024, 25, 2.0)
+
+
+def test_a_binary_file_is_refused_as_a_config(tmp_path):
+    p = tmp_path / "model.pt"
+    p.write_bytes(b"\x80\x02binary")
+    with pytest.raises(ConfigError, match=r"model.pt: not a text file, so not a stage YAML"):
+        load_config(p)
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -5,6 +5,7 @@ import torch
 
 from genie_env.metrics import psnr
 from genie_env.models import DynamicsModel, LatentActionModel, VideoTokenizer
+from genie_env.models.tokenizer import patchify, unpatchify
 from tests.tiny import dynamics_cfg, lam_cfg, moving_square, tokenizer_cfg
 
 
@@ -107,6 +108,44 @@ def test_tiny_tokenizer_overfits_a_few_clips(coinrun_clips, quantizer):
     _train(tok, lambda i: (coinrun_clips,), 1500, until=fitted)
     assert fitted(tok)
     assert tok(coinrun_clips)["usage"].item() * tok.vq.num_codes >= 4  # more than a few codes in use
+
+
+def _kmeans_tokenizer(clips, seed=0):
+    torch.manual_seed(seed)
+    tok = VideoTokenizer(tokenizer_cfg(image_size=(64, 64), patch_size=8, max_frames=8, num_codes=64,
+                                       quantizer="kmeans"))
+    tok.vq.fit(patchify(clips, 8).flatten(0, 2), generator=torch.Generator().manual_seed(seed))
+    return tok.eval()
+
+
+def test_kmeans_tokenizer_tokens_are_each_patchs_nearest_code_and_decoding_starts_at_it(coinrun_clips):
+    tok = _kmeans_tokenizer(coinrun_clips)
+    assert tok.encoder is None and not any(n.startswith(("enc", "to_code")) for n, _ in tok.named_parameters())
+    tokens = tok.encode(coinrun_clips)
+    patches = patchify(coinrun_clips, 8)
+    assert torch.equal(tokens, torch.cdist(patches, tok.vq.centroids).argmin(dim=-1))
+    # Before training the decoder shows the codes' own patches: the k-means reconstruction.
+    codes = unpatchify(tok.vq.lookup(tokens), 8, (8, 8), 3)
+    torch.testing.assert_close(tok.decode(tokens), codes.clamp(1e-3, 1 - 1e-3), atol=1e-6, rtol=0)
+    # Frame by frame (the env's path) equals the whole clip, with no encoder cache to keep.
+    enc_cache, dec_cache = tok.new_caches(4)
+    assert enc_cache is None
+    steps = torch.stack([tok.encode_step(coinrun_clips[:, t], enc_cache) for t in range(8)], dim=1)
+    assert torch.equal(steps, tokens)
+    frames = torch.stack([tok.decode_step(tokens[:, t], dec_cache) for t in range(8)], dim=1)
+    torch.testing.assert_close(frames, tok.decode(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_kmeans_tokenizer_decoder_learns_to_beat_its_codes(coinrun_clips):
+    tok = _kmeans_tokenizer(coinrun_clips)
+    tokens = tok.encode(coinrun_clips)
+    start = psnr(tok.decode(tokens), coinrun_clips).item()
+
+    def better(m):
+        return psnr(m(coinrun_clips)["recon"], coinrun_clips).item() > start + 0.5
+    _train(tok, lambda i: (coinrun_clips,), 1000, until=better)
+    assert better(tok)
+    assert torch.equal(tok.encode(coinrun_clips), tokens)  # training moves the decoder, never the codes
 
 
 # ---- latent action model --------------------------------------------------------------------

@@ -1,8 +1,10 @@
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -11,7 +13,7 @@ from genie_env.checkpoint import load_checkpoint, load_model
 from genie_env.config import load_config
 from genie_env.data.h5 import ClipDataset
 from trainers import train_dynamics, train_lam, train_tokenizer
-from trainers.loop import StepBatchSampler, TrainingError, build_datasets, train
+from trainers.loop import StepBatchSampler, TrainingError, build_datasets, spread_clips, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +103,54 @@ def test_seed_commands_run_as_documented(trained, coinrun_dir, tmp_path):
 
 def _weights(path):
     return load_checkpoint(path)["model"]
+
+
+def test_kmeans_tokenizer_trainer_fits_its_codes_once_and_the_world_runs_on_them(tmp_path, coinrun_dir):
+    import gymnasium as gym
+    cfg = yaml.safe_load(micro_config(tmp_path, "tokenizer", steps=8).read_text())
+    cfg["model"].update(quantizer="kmeans", kmeans_frames=40)
+    path = tmp_path / "kmeans.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cfg_obj = load_config(path)
+    p = train_tokenizer.base_parser("tokenizer")
+    few = tmp_path / "few.yaml"  # 3 frames of 16 patches cannot seed 64 codes
+    few.write_text(yaml.safe_dump({**cfg, "model": {**cfg["model"], "kmeans_frames": 3}}))
+    with pytest.raises(TrainingError, match="3 training frames give 48: raise model.kmeans_frames"):
+        train_tokenizer.main(args_for(p, few, coinrun_dir, tmp_path / "few"))
+    first = train_tokenizer.main(args_for(p, path, coinrun_dir, tmp_path / "k", "--max_steps", "4"))
+    # The codes are k-means of the 40 frames the trainer spreads over its training split.
+    fresh = train_tokenizer.make_task(cfg_obj).model
+    train_ds, _ = build_datasets(cfg_obj, coinrun_dir, cfg_obj.model.image_size)
+    train_tokenizer.fit_pixel_codes(fresh, train_ds, 40, seed=cfg_obj.train.seed)
+    codes = _weights(first)["vq.centroids"]
+    assert torch.equal(codes, fresh.vq.centroids)
+    # Resumed, the run keeps them (it does not refit); only the decoder trained.
+    last = train_tokenizer.main(args_for(p, path, coinrun_dir, tmp_path / "k"))
+    after = _weights(last)
+    assert load_checkpoint(last)["step"] == 8 and torch.equal(after["vq.centroids"], codes)
+    assert not torch.equal(after["dec_out.weight"], _weights(first)["dec_out.weight"])
+    # Dynamics trains on its tokens (code patches included), and the env steps the pair.
+    dyn_cfg = yaml.safe_load(micro_config(tmp_path, "dynamics", steps=2).read_text())
+    dyn_cfg["model"].update(token_pixels=192)
+    dyn_path = tmp_path / "dyn.yaml"
+    dyn_path.write_text(yaml.safe_dump(dyn_cfg))
+    lam = train_lam.main(args_for(train_lam.base_parser("lam"), micro_config(tmp_path, "lam", steps=2),
+                                  coinrun_dir, tmp_path / "k"))
+    dyn = train_dynamics.main(args_for(train_dynamics.parser(), dyn_path, coinrun_dir, tmp_path / "k",
+                                       "--tokenizer_path", str(last), "--lam_path", str(lam)))
+    prompt = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    env = gym.make("Genie-v0", tokenizer_path=last, dynamics_path=dyn, prompt=prompt, device="cpu")
+    obs, _ = env.reset(seed=0)
+    obs2, *_ = env.step(3)
+    assert obs.shape == obs2.shape == (32, 32, 3) and obs2.dtype == np.uint8
+    env.close()
+    # eval reports how much the decoder adds to the codes' own patches.
+    from genie_env.cli import main
+    assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "2", "--out", str(tmp_path / "eval"),
+                 "--device", "cpu", "--horizon", "0", "--long_steps", "0", "--action_clips", "2",
+                 "--tokenizer_path", str(last), "--lam_path", str(lam), "--dynamics_path", str(dyn)]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert 5 < results["tokenizer PSNR, its pixel codes alone (dB)"] < 60
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, coinrun_dir):
@@ -302,6 +352,6 @@ def test_token_pixels_dynamics_checkpoint_carries_its_code_patches(tmp_path, tra
     tok = load_model(trained["tokenizer"], "tokenizer").eval()
     train_ds, _ = build_datasets(load_config(path), coinrun_dir, tok.cfg.image_size)
     fresh = train_dynamics.DynamicsModel(dyn.cfg)
-    fresh.set_code_pixels(train_dynamics.code_pixel_means(tok, train_dynamics._pixel_clips(train_ds, 256)))
+    fresh.set_code_pixels(train_dynamics.code_pixel_means(tok, spread_clips(train_ds, 256)))
     assert torch.allclose(dyn.code_pixels, fresh.code_pixels, atol=1e-5)
     assert dyn.code_pixels[:-1].abs().sum() > 0

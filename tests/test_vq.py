@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 import pytest
 
-from genie_env.nn.vq import FiniteScalarQuantizer, VectorQuantizer, restore_reseeded_codes
+from genie_env.nn.vq import FiniteScalarQuantizer, PatchCodebook, VectorQuantizer, restore_reseeded_codes
 
 
 def test_picks_the_nearest_unit_code():
@@ -112,6 +112,32 @@ def test_old_checkpoints_without_the_init_flag_load_as_initialised():
     fresh = VectorQuantizer(8, 4)
     fresh.load_state_dict(state)
     assert bool(fresh.initialized)
+
+
+def test_pixel_codes_fit_the_clusters_and_assign_the_nearest():
+    torch.manual_seed(0)
+    centres = torch.rand(6, 12)
+    patches = centres.repeat(50, 1) + 0.01 * torch.randn(300, 12)
+    book = PatchCodebook(6, 12)
+    with pytest.raises(RuntimeError, match="never fitted"):
+        book.nearest(patches)
+    with pytest.raises(ValueError, match="at least 6 patches of that size"):
+        book.fit(patches[:4])
+    book.fit(patches, generator=torch.Generator().manual_seed(0))
+    # Each cluster gets its own code, at the cluster's mean.
+    match = torch.cdist(centres, book.centroids).argmin(dim=1)
+    assert sorted(match.tolist()) == list(range(6))
+    torch.testing.assert_close(book.centroids[match], centres, atol=0.01, rtol=0)
+    z = torch.rand(5, 7, 12)  # any leading shape, chunked or not
+    expect = torch.cdist(z.reshape(-1, 12), book.centroids).argmin(dim=1).reshape(5, 7)
+    assert torch.equal(book.nearest(z), expect) and torch.equal(book.nearest(z, chunk=3), expect)
+    z_q, idx, stats = book(patches)
+    assert torch.equal(z_q, book.lookup(idx)) and stats["loss"].item() == 0 and stats["usage"].item() == 1.0
+    # The codes are data, not parameters: a checkpoint carries them and no optimizer moves them.
+    assert not list(book.parameters())
+    again = PatchCodebook(6, 12)
+    again.load_state_dict(book.state_dict())
+    assert torch.equal(again.nearest(z), expect)
 
 
 def test_fsq_codes_round_trip_and_cover_every_index():

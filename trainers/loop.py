@@ -186,6 +186,13 @@ def build_datasets(cfg: StageConfig, data_dir: str | Path, image_size) -> tuple[
     return ClipDataset(data_dir, split="train", **kw), ClipDataset(data_dir, split="val", **kw)
 
 
+def spread_clips(dataset, count: int) -> list[torch.Tensor]:
+    """The frames (T, C, H, W) of ``count`` clips spread evenly over ``dataset`` (the same ones on
+    every rank and resume)."""
+    n = len(dataset)
+    return [dataset[i * n // min(count, n)]["frames"] for i in range(min(count, n))]
+
+
 def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str | Path | None = None,
           resume: bool | None = None, image_size=None) -> Path:
     """Train ``task`` on the H5 clips in ``data_dir``; returns the path of the last checkpoint.

@@ -19,7 +19,7 @@ from genie_env.config import StageConfig, load_config, stage_from_dict
 from genie_env.models import DynamicsModel, LatentActionModel
 from genie_env.models.tokenizer import patchify
 from trainers.loop import (Task, TrainingError, base_parser, build_datasets, run_cli,
-                           stage_from_args, train)
+                           spread_clips, stage_from_args, train)
 from genie_env.video import side_by_side
 from genie_env.world import pair_problems
 
@@ -80,12 +80,6 @@ def code_pixel_means(tokenizer, clips: list[torch.Tensor], batch: int = 16) -> t
     means = sums / counts.clamp(min=1)[:, None]
     means[counts == 0] = sums.sum(0) / counts.sum()
     return means.float()
-
-
-def _pixel_clips(dataset, count: int) -> list[torch.Tensor]:
-    """``count`` clips spread evenly over ``dataset`` (the same ones on every rank and resume)."""
-    n = len(dataset)
-    return [dataset[i * n // min(count, n)]["frames"] for i in range(min(count, n))]
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -174,7 +168,7 @@ def main(args) -> Path:
     code_pixels = None
     if cfg.model.token_pixels:
         # On a resume the checkpoint's copy replaces these (the same numbers: same clips, same tokenizer).
-        code_pixels = code_pixel_means(tokenizer.eval(), _pixel_clips(train_ds, PIXEL_CLIPS))
+        code_pixels = code_pixel_means(tokenizer.eval(), spread_clips(train_ds, PIXEL_CLIPS))
     task = make_task(cfg, tokenizer, lam, args.cotrain_lam, lam_stage, code_pixels)
     path = train(task, args.data_dir, args.device, args.out_dir, args.resume, image_size=tokenizer.cfg.image_size)
     if args.cotrain_lam and int(os.environ.get("RANK", "0")) == 0:

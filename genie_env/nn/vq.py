@@ -1,6 +1,6 @@
-"""Quantisers: one module for the tokenizer's codes and the LAM's 8 actions, and FSQ.
+"""Quantisers: one module for the tokenizer's codes and the LAM's 8 actions, FSQ, and fixed pixel codes.
 
-Both map vectors (..., dim) to integer codes and back with the same interface (``forward``,
+All map vectors (..., dim) to integer codes and back with the same interface (``forward``,
 ``nearest``, ``lookup``, ``num_codes``, ``dim``), so a model can switch between them by config.
 """
 from __future__ import annotations
@@ -247,6 +247,55 @@ class FiniteScalarQuantizer(nn.Module):
         if self.training and _distributed():
             dist.all_reduce(counts)
         return z_q, indices, {"loss": z_q.new_zeros(()), **code_stats(indices, self.num_codes, counts)}
+
+
+class PatchCodebook(nn.Module):
+    """Codes that are pixel patches: ``num_codes`` k-means centroids of training patches, fitted
+    once by :meth:`fit` (the tokenizer trainer does it) and kept as a buffer, not learned by
+    gradient. A patch's token is its nearest centroid (Euclidean), so tokens start at the
+    per-patch k-means baseline a learned tokenizer is measured against, none can die, and a
+    token is a function of its own patch alone. Same interface as the other quantisers; its
+    vectors are the patches themselves (``dim`` = patch size squared x channels)."""
+
+    def __init__(self, num_codes: int, dim: int):
+        super().__init__()
+        self.num_codes, self.dim = num_codes, dim
+        self.register_buffer("centroids", torch.zeros(num_codes, dim))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @torch.no_grad()
+    def fit(self, patches: torch.Tensor, iters: int = 10, generator: torch.Generator | None = None) -> None:
+        """Fit the codes to ``patches`` (N, dim) by k-means (N >= num_codes)."""
+        if patches.ndim != 2 or patches.shape[1] != self.dim or patches.shape[0] < self.num_codes:
+            raise ValueError(f"fitting {self.num_codes} pixel codes of size {self.dim} needs at least "
+                             f"{self.num_codes} patches of that size, got {tuple(patches.shape)}")
+        self.centroids.copy_(kmeans(patches.float(), self.num_codes, iters, generator, spherical=False))
+        self.fitted.fill_(True)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Pixel patches (..., dim) for integer ``indices``."""
+        return F.embedding(indices, self.centroids)
+
+    @torch.no_grad()
+    def nearest(self, z: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        """Index of the nearest code for each patch of z (..., dim)."""
+        if not bool(self.fitted):
+            raise RuntimeError("this tokenizer's pixel codebook (quantizer: kmeans) was never fitted: train it "
+                               "with trainers.train_tokenizer, which fits it first, or load a trained checkpoint")
+        flat, c = z.detach().reshape(-1, self.dim).float(), self.centroids.float()
+        half_sq = 0.5 * c.square().sum(dim=1)
+        # argmin ||x - c||^2 = argmax (x.c - |c|^2 / 2), in chunks so a long video needs no
+        # (patches x codes) matrix at once.
+        out = torch.cat([(part @ c.t() - half_sq).argmax(dim=1) for part in flat.split(chunk)])
+        return out.reshape(z.shape[:-1])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Patches z (..., dim) -> (their codes' patches, indices (...), stats with a zero ``loss``)."""
+        indices = self.nearest(z)
+        counts = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
+        if self.training and _distributed():
+            dist.all_reduce(counts)
+        return self.lookup(indices), indices, {"loss": z.new_zeros(()), **code_stats(indices, self.num_codes, counts)}
 
 
 def restore_reseeded_codes(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
