@@ -296,6 +296,7 @@ def test_export_packages_a_playable_world(trained, coinrun_dir, tmp_path):
     for kind in ("tokenizer", "lam", "dynamics"):
         ckpt = load_checkpoint(out / f"{kind}.pt")
         assert "optimizer" not in ckpt and "rng" not in ckpt
+        assert ckpt["step"] == load_checkpoint(trained["out"] / kind / "latest.pt")["step"] > 0  # how long it trained
     held_out = ClipDataset(coinrun_dir, clip_len=4, split="val").num_episodes
     assert len(list((out / "prompts").glob("*.png"))) == held_out >= 1  # one per held-out episode
     amap = json.loads((out / "action_map.json").read_text())

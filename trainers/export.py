@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genie_env.checkpoint import load_model, load_model_and_config, save_checkpoint
+from genie_env.checkpoint import load_checkpoint, load_model, load_model_and_config, save_checkpoint
 from genie_env.data.h5 import ClipDataset
 from genie_env.video import to_uint8
 
@@ -76,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for kind in ("tokenizer", "lam", "dynamics"):
-        model, stage = load_model_and_config(run_dir / kind / "latest.pt", kind)
+        src = run_dir / kind / "latest.pt"
+        model, stage = load_model_and_config(src, kind)
         path = out / f"{kind}.pt"
-        save_checkpoint(path, model, stage, step=0, include_rng=False)
+        save_checkpoint(path, model, stage, step=int(load_checkpoint(src, kind)["step"]), include_rng=False)
         sizes[kind] = path.stat().st_size
     dyn_stage = stage
     image_size = load_model(out / "tokenizer.pt").cfg.image_size
