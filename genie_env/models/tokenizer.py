@@ -82,7 +82,7 @@ class VideoTokenizer(nn.Module):
             self.vq = PatchCodebook(cfg.num_codes, patch_dim)
             code_dim = patch_dim
         else:
-            self.grid, patch_dim, self.enc_in, self.encoder = patch_encoder(cfg)
+            _, _, self.enc_in, self.encoder = patch_encoder(cfg)
             code_dim = len(cfg.fsq_levels) if cfg.quantizer == "fsq" else cfg.code_dim
             self.to_code = nn.Linear(cfg.enc_dim, code_dim)
             if cfg.quantizer == "fsq":
