@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from genie_env.nn.vq import assign_nearest, kmeans
+from genie_env.models.tokenizer import patchify, unpatchify
+from genie_env.nn.vq import PatchCodebook
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -107,14 +108,12 @@ def patch_kmeans_reconstruct(train_frames: torch.Tensor, test_frames: torch.Tens
     """The baseline a learned tokenizer must beat: ``test_frames`` (N, 3, H, W) in [0, 1] with
     each ``patch`` x ``patch`` patch replaced by the nearest of ``codes`` k-means centroids
     fitted to the patches of ``train_frames``: the same bits per frame, no learning."""
-    def patches(x):
-        return rearrange(x.float(), "n c (h p1) (w p2) -> (n h w) (p1 p2 c)", p1=patch, p2=patch)
-
-    data, test = patches(train_frames), patches(test_frames)
-    centroids = kmeans(data, min(codes, data.shape[0]), iters, torch.Generator().manual_seed(seed), spherical=False)
-    recon = centroids[assign_nearest(test, centroids, spherical=False)]
-    gh, gw = test_frames.shape[-2] // patch, test_frames.shape[-1] // patch
-    return rearrange(recon, "(n h w) (p1 p2 c) -> n c (h p1) (w p2)", h=gh, w=gw, p1=patch, p2=patch)
+    data = patchify(train_frames.float(), patch).flatten(0, 1)
+    book = PatchCodebook(min(codes, data.shape[0]), data.shape[1])
+    book.fit(data, iters, torch.Generator().manual_seed(seed))
+    recon = book.lookup(book.nearest(patchify(test_frames.float(), patch)))
+    grid = (test_frames.shape[-2] // patch, test_frames.shape[-1] // patch)
+    return unpatchify(recon, patch, grid, test_frames.shape[1])
 
 
 def horizontal_scrolls(video: torch.Tensor, max_dx: int = 4) -> np.ndarray:
