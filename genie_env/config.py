@@ -167,6 +167,10 @@ class TrainConfig:
     val_batches: int = 8
     seed: int = 0
     out_dir: str = "checkpoints"
+    # Minutes of wall clock for the run, or None: the loop measures its step rate and lowers
+    # max_steps to what fits (so the cosine decay ends on time), then saves and stops at the
+    # deadline if it still runs. For a rented GPU whose rate is unknown beforehand.
+    time_limit_min: float | None = None
 
 
 MODEL_CONFIGS: dict[str, type] = {

@@ -356,3 +356,52 @@ def test_token_pixels_dynamics_checkpoint_carries_its_code_patches(tmp_path, tra
     fresh.set_code_pixels(train_dynamics.code_pixel_means(tok, spread_clips(train_ds, 256)))
     assert torch.allclose(dyn.code_pixels, fresh.code_pixels, atol=1e-5)
     assert dyn.code_pixels[:-1].abs().sum() > 0
+
+
+def test_time_budget_fits_the_schedule_to_the_clock():
+    from trainers.loop import TimeBudget
+    now = [0.0]
+    budget = TimeBudget(10, max_steps=100_000, clock=lambda: now[0])  # 600 s
+    horizons = []
+    for step in range(1, 601):
+        now[0] = 5.0 + (step - 1) * 0.5 if step < 300 else 154.5 + (step - 300) * 1.0  # 2 steps/s, then 1
+        horizons.append(budget.after_step(step))
+    assert horizons[0] == 100_000  # nothing measured before the first checkpoint of the budget
+    # At 10% (60 s, step 111) the rate is 2 steps/s: 540 s left fit about 1026 more steps.
+    h10 = horizons[110]
+    assert h10 == 111 + int(2 * (600 - 60) * TimeBudget.MARGIN)
+    # At 40% (240 s) it has slowed: the horizon moves down, and stays ahead of the step.
+    assert horizons[-1] < h10 and all(h > s for s, h in enumerate(horizons, start=1))
+    assert not budget.expired()
+    now[0] = 600.0
+    assert budget.expired()
+    capped = TimeBudget(10, max_steps=50, clock=lambda: now[0])
+    for step in range(1, 200):
+        now[0] += 0.01
+        assert capped.after_step(step) <= 50  # never past the configured max_steps
+    with pytest.raises(TrainingError, match="time_limit_min"):
+        TimeBudget(0, 10)
+
+
+def test_a_time_limited_run_stops_saves_and_records_its_steps(tmp_path, coinrun_dir):
+    cfg_path = micro_config(tmp_path, "lam", steps=400)
+    path = train_lam.main(args_for(train_lam.base_parser("lam"), cfg_path, coinrun_dir, tmp_path / "t",
+                                   "--time_limit", "0.001"))  # 0.06 s: spent within the first steps
+    ckpt = load_checkpoint(path)
+    assert path.name == f"checkpoint_step_{ckpt['step']}.pt" and ckpt["step"] < 400
+    assert ckpt["config"]["train"]["max_steps"] == ckpt["step"]  # what the run got, not what was asked
+    assert ckpt["config"]["train"]["time_limit_min"] == 0.001
+    assert load_checkpoint(tmp_path / "t" / "lam" / "latest.pt")["step"] == ckpt["step"]
+
+
+def test_the_dynamics_stage_moves_its_frozen_tokenizer_and_lam_to_the_device(trained, tmp_path, coinrun_dir):
+    # On a GPU the loss meets CUDA frames: the tokenizer and LAM that label them must be there too.
+    tok, lam = load_model(trained["tokenizer"], "tokenizer"), load_model(trained["lam"], "lam")
+    task = train_dynamics.make_task(load_config(micro_config(tmp_path, "dynamics", steps=1)), tok, lam)
+    assert len(task.frozen) == 2 and task.frozen[0] is tok and task.frozen[1] is lam
+    moved = []
+    for m in task.frozen:
+        m.to = (lambda orig: lambda *a, **k: (moved.append(torch.device(a[0])), orig(*a, **k))[1])(m.to)
+    train(task, coinrun_dir, "cpu", tmp_path / "o", image_size=tok.cfg.image_size)
+    assert moved == [torch.device("cpu")] * 2
+    assert not any(p.requires_grad for p in [*tok.parameters(), *lam.parameters()])

@@ -183,3 +183,24 @@ def test_usage_and_perplexity():
     _, _, stats = vq(z[:1].repeat(10, 1))
     assert stats["usage"].item() == 0.25
     torch.testing.assert_close(stats["perplexity"], torch.tensor(1.0))
+
+
+def test_nearest_codes_ignore_bf16_autocast():
+    # Trainers run under bf16 autocast; rounding the distances there picked another code for
+    # about half of CoinRun's patches, so the codes searched in training were not inference's.
+    g = torch.Generator().manual_seed(0)
+    book = PatchCodebook(256, 48)
+    book.fit(torch.rand(4096, 48, generator=g), generator=g)
+    vq = VectorQuantizer(256, 16)
+    vq.train()
+    vq(torch.randn(1024, 16, generator=g))  # k-means initialised from data
+    vq.eval()
+    patches, z = torch.rand(2000, 48, generator=g), torch.randn(2000, 16, generator=g)
+    want = book.nearest(patches), vq.nearest(z), vq(z)[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = book.nearest(patches), vq.nearest(z), vq(z)[1]
+        # the guard is what keeps them equal: plain bf16 matmuls choose differently
+        rounded = (patches @ book.centroids.t() - 0.5 * book.centroids.square().sum(1)).argmax(1)
+    assert not torch.equal(rounded, want[0])
+    for a, b in zip(want, got):
+        assert torch.equal(a, b)

@@ -53,7 +53,9 @@ class Task:
     held-out batch; ``visualize(model, batch)`` returns images (N, 3, H, W) in [0, 1].
     ``checkpoint_model`` is what the checkpoint's weights hold (default ``model``);
     ``extra_state``/``load_extra_state`` let a stage that trains two models (LAM + dynamics
-    co-training) keep the second one in the checkpoint's ``extra``.
+    co-training) keep the second one in the checkpoint's ``extra``. ``frozen`` lists models the
+    loss runs but does not train (the dynamics stage's tokenizer and LAM); the loop moves them
+    to the training device with the model.
     """
 
     config: StageConfig
@@ -64,6 +66,7 @@ class Task:
     checkpoint_model: nn.Module | None = None
     extra_state: Callable[[], dict] = field(default=lambda: {})
     load_extra_state: Callable[[dict], None] = field(default=lambda extra: None)
+    frozen: tuple[nn.Module, ...] = ()  # models the loss uses but does not train: moved to the device too
 
     @property
     def kind(self) -> str:
@@ -104,14 +107,56 @@ class StepBatchSampler(Sampler[list[int]]):
         return max(0, self.stop - self.start)
 
 
-def lr_lambda(warmup: int, max_steps: int, min_ratio: float) -> Callable[[int], float]:
-    """Linear warmup to the peak, then cosine decay to ``min_ratio`` of it."""
+def lr_lambda(warmup: int, max_steps: int | Callable[[], int], min_ratio: float) -> Callable[[int], float]:
+    """Linear warmup to the peak, then cosine decay to ``min_ratio`` of it at ``max_steps`` (a
+    number, or a function giving the current horizon when a time limit may move it)."""
+    horizon = max_steps if callable(max_steps) else (lambda: max_steps)
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+        progress = min(1.0, (step - warmup) / max(1, horizon() - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
+
+
+class TimeBudget:
+    """Fits a run's step count to ``minutes`` of wall clock (``train.time_limit_min``).
+
+    At 10%, 40% and 70% of the budget it measures the steps/s since the first step finished
+    and sets the horizon to the steps that fit, capped at the configured ``max_steps``, so the
+    cosine decay ends when the time does; :meth:`expired` stops a run that still overshoots.
+    A rented GPU's step rate is unknown until it runs; this spends its minutes, no more.
+    """
+
+    CHECKS = (0.1, 0.4, 0.7)
+    MARGIN = 0.95  # of the remaining time, for validation and checkpoint writes
+
+    def __init__(self, minutes: float, max_steps: int, clock: Callable[[], float] | None = None):
+        if minutes <= 0:
+            raise TrainingError(f"train.time_limit_min must be positive, got {minutes}")
+        self.budget, self.max_steps, self.clock = minutes * 60.0, max_steps, clock or time.perf_counter
+        self.horizon = max_steps
+        self.start = self.clock()
+        self.first: tuple[int, float] | None = None  # (step, time) once a step has finished
+        self.next_check = 0
+
+    def after_step(self, step: int) -> int:
+        """Record that ``step`` finished; returns the (possibly new) horizon."""
+        now = self.clock()
+        if self.first is None:
+            self.first = (step, now)  # the first step pays for warm-up: rate from here on
+            return self.horizon
+        elapsed = now - self.start
+        if self.next_check < len(self.CHECKS) and elapsed >= self.CHECKS[self.next_check] * self.budget:
+            self.next_check += 1
+            rate = (step - self.first[0]) / max(now - self.first[1], 1e-9)
+            fit = step + int(rate * (self.budget - elapsed) * self.MARGIN)
+            self.horizon = max(step + 1, min(self.max_steps, fit))
+        return self.horizon
+
+    def expired(self) -> bool:
+        return self.clock() - self.start >= self.budget
 
 
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -216,9 +261,12 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
 
     torch.manual_seed(tc.seed + ctx.rank)
     model = task.model.to(dev)
+    for helper in task.frozen:
+        helper.to(dev)
     ckpt_model = task.checkpoint_model or model
     opt = make_optimizer(model, tc)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
+    horizon = [tc.max_steps]  # a time limit may lower it once the step rate is known
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, lambda: horizon[0], tc.min_lr_ratio))
     step = 0
     if latest.exists() and resume is not False:
         # On the CPU: RNG states must stay there; load_state_dict moves the rest to the model.
@@ -264,6 +312,7 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
     frames_per_step = tc.batch_size * cfg.data.clip_len
     last_path = latest
     rates: list[float] = []  # frames/s of each step run here, for the summary at the end
+    budget = TimeBudget(tc.time_limit_min, tc.max_steps) if tc.time_limit_min is not None else None
     t0 = time.perf_counter()
     model.train()
     try:
@@ -286,6 +335,19 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
             opt.step()
             restore_reseeded_codes(model, opt)
             sched.step()
+            if budget is not None:
+                fit, expired = budget.after_step(step), budget.expired()
+                if ctx.world > 1:  # every rank must stop at the same step
+                    agree = torch.tensor([-float(fit), float(expired)], device=dev)
+                    dist.all_reduce(agree, op=dist.ReduceOp.MAX)
+                    fit, expired = int(-agree[0].item()), bool(agree[1].item())
+                horizon[0] = step if expired else max(fit, step)
+                if horizon[0] != tc.max_steps:
+                    if ctx.main:
+                        log.info("%s: time limit %.1f min: %s at step %d", task.kind, tc.time_limit_min,
+                                 "spent, stopping" if expired else f"max_steps {tc.max_steps} -> {horizon[0]}", step)
+                    tc.max_steps = horizon[0]  # the checkpoints' config records the steps the run got
+                    bar.total = tc.max_steps
 
             if ctx.main:
                 now = time.perf_counter()
@@ -314,6 +376,8 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
                     writer.add_images(f"{task.kind}/samples", images.float().clamp(0, 1).cpu(), step)
             if step % tc.save_every == 0 or step == tc.max_steps:
                 last_path = _save(task, ckpt_model, opt, sched, step, run_dir, ctx)
+            if step >= tc.max_steps:
+                break
     finally:
         bar.close()
         if writer is not None:
@@ -374,6 +438,9 @@ def base_parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=None, help="override train.batch_size (global)")
     p.add_argument("--grad_checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--time_limit", type=float, default=None, metavar="MINUTES",
+                   help="override train.time_limit_min: fit max_steps to this much wall clock, "
+                        "measured from the first step")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_true", default=None,
                    help="continue from <out_dir>/<model>/latest.pt (the default when it exists)")
@@ -394,6 +461,8 @@ def stage_from_args(args: argparse.Namespace, kind: str) -> StageConfig:
         cfg.model.grad_checkpointing = True
     if args.compile:
         cfg.train.compile = True
+    if args.time_limit is not None:
+        cfg.train.time_limit_min = args.time_limit
     if cfg.data.clip_len > cfg.model.max_frames:
         raise TrainingError(f"{args.config}: data.clip_len {cfg.data.clip_len} exceeds model.max_frames "
                             f"{cfg.model.max_frames}")

@@ -103,12 +103,19 @@ def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage
         lam = _frozen(lam)
     module = CoTrain(lam, dyn) if cotrain else dyn
 
+    # The frozen tokenizer and LAM label the data in float32 even under bf16 autocast: that is
+    # how inference runs them, and bf16 would hand the model other tokens and actions.
+    def encode(frames):
+        with torch.autocast(frames.device.type, enabled=False):
+            return tokenizer.encode(frames)
+
     def actions_of(frames):
-        return lam.infer_actions(frames)
+        with torch.autocast(frames.device.type, enabled=False):
+            return lam.infer_actions(frames)
 
     def loss(m, batch):
         frames = batch["frames"]
-        tokens = tokenizer.encode(frames)
+        tokens = encode(frames)
         if cotrain:
             return m(frames, tokens, batch.get("rewards"), batch.get("dones"))
         return m(tokens, actions_of(frames), batch.get("rewards"), batch.get("dones"))
@@ -117,18 +124,19 @@ def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage
         frames = batch["frames"]
         model = m.dynamics if cotrain else m
         rate = torch.full((frames.shape[0],), 0.75, device=frames.device)
-        out = model(tokenizer.encode(frames), actions_of(frames), batch.get("rewards"), batch.get("dones"),
+        out = model(encode(frames), actions_of(frames), batch.get("rewards"), batch.get("dones"),
                     mask_rate=rate)
         return {k: out[k] for k in ("ce", "masked_acc", "reward_loss", "done_loss") if k in out}
 
     def visualize(m, batch):
         model = m.dynamics if cotrain else m
         frames = batch["frames"][:1]
-        tokens = tokenizer.encode(frames)
-        gen = model.generate(tokens[:, :1], actions_of(frames))
-        return side_by_side(frames[0], tokenizer.decode(gen)[0])
+        gen = model.generate(encode(frames)[:, :1], actions_of(frames))
+        with torch.autocast(frames.device.type, enabled=False):
+            return side_by_side(frames[0], tokenizer.decode(gen)[0])
 
-    task = Task(cfg, module, loss=loss, validate=validate, visualize=visualize, checkpoint_model=dyn)
+    task = Task(cfg, module, loss=loss, validate=validate, visualize=visualize, checkpoint_model=dyn,
+                frozen=(tokenizer,) if cotrain else (tokenizer, lam))
     if cotrain:
         task.extra_state = lambda: {"cotrain_lam": {"config": lam_stage.to_dict(), "model": lam.state_dict()}}
         task.load_extra_state = lambda extra: lam.load_state_dict(extra["cotrain_lam"]["model"])

@@ -27,11 +27,19 @@ def code_stats(indices: torch.Tensor, num_codes: int, counts: torch.Tensor | Non
     return {"perplexity": perplexity, "usage": (counts > 0).float().mean()}
 
 
+def _fp32(x: torch.Tensor):
+    """A context in which matmuls on x's device stay float32: bf16 autocast would round the
+    distances and pick another code for about half the patches (measured on CoinRun)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _sq_dist(x: torch.Tensor, c: torch.Tensor, spherical: bool) -> torch.Tensor:
     """Squared distances (N, K) between rows of x (N, D) and c (K, D); unit vectors when spherical."""
-    if spherical:
-        return (2 - 2 * x @ c.t()).clamp(min=0)
-    return torch.cdist(x, c).square()
+    with _fp32(x):
+        x, c = x.float(), c.float()
+        if spherical:
+            return (2 - 2 * x @ c.t()).clamp(min=0)
+        return torch.cdist(x, c).square()
 
 
 def spread_picks(x: torch.Tensor, n: int, centres: torch.Tensor | None = None,
@@ -115,8 +123,9 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each vector of z (..., dim)."""
-        z = F.normalize(z.float(), dim=-1)
-        return (z @ self.codes().float().t()).argmax(dim=-1)
+        with _fp32(z):
+            z = F.normalize(z.float(), dim=-1)
+            return (z @ self.codes().float().t()).argmax(dim=-1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """z (..., dim) -> (quantised z with straight-through grad, indices (...), stats).
@@ -128,7 +137,8 @@ class VectorQuantizer(nn.Module):
         if self.training and not bool(self.initialized):
             self._kmeans_init(z.detach().reshape(-1, self.dim))
         codes = self.codes().float()
-        indices = (z @ codes.t()).argmax(dim=-1)
+        with _fp32(z):
+            indices = (z @ codes.t()).argmax(dim=-1)
         e = codes[indices]
         loss = F.mse_loss(e, z.detach()) + self.commitment * F.mse_loss(z, e.detach())
         z_q = z + (e - z).detach()
@@ -286,7 +296,8 @@ class PatchCodebook(nn.Module):
         half_sq = 0.5 * c.square().sum(dim=1)
         # argmin ||x - c||^2 = argmax (x.c - |c|^2 / 2), in chunks so a long video needs no
         # (patches x codes) matrix at once.
-        out = torch.cat([(part @ c.t() - half_sq).argmax(dim=1) for part in flat.split(chunk)])
+        with _fp32(flat):
+            out = torch.cat([(part @ c.t() - half_sq).argmax(dim=1) for part in flat.split(chunk)])
         return out.reshape(z.shape[:-1])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
