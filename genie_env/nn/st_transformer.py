@@ -67,6 +67,16 @@ class Attention(nn.Module):
         return self.out(rearrange(o, "... h l d -> ... l (h d)"))
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """Attention over (..., heads, L, d) with any number of leading dims: folded into one batch
+    dim, since PyTorch's fused (flash / memory-efficient) kernels take 4-D inputs only and 5-D
+    ones fall back to the unfused path."""
+    lead = q.shape[:-3]
+    o = F.scaled_dot_product_attention(q.flatten(0, len(lead) - 1), k.flatten(0, len(lead) - 1),
+                                       v.flatten(0, len(lead) - 1), is_causal=causal)
+    return o.unflatten(0, lead)
+
+
 class TemporalKVCache:
     """Per-layer keys/values of past frames for every token position: a ring buffer per row.
 
@@ -132,7 +142,7 @@ class STBlock(nn.Module):
 
     def _spatial(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.spatial.project(self.norm_s(x))
-        return self.spatial.merge(F.scaled_dot_product_attention(q, k, v))
+        return self.spatial.merge(attend(q, k, v))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, causal: bool) -> torch.Tensor:
         """x (B, T, N, D); cos/sin (T, qk_dim) for the temporal rotary embedding."""
@@ -141,7 +151,7 @@ class STBlock(nn.Module):
         h = rearrange(self.norm_t(x), "b t n d -> b n t d")
         q, k, v = self.temporal.project(h)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        o = attend(q, k, v, causal)
         x = x + rearrange(self.temporal.merge(o), "b n t d -> b t n d", b=b)
         return x + self.mlp(self.norm_mlp(x))
 
