@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,6 +62,16 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     return frames.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else frames
 
 
+def _pyav():
+    # Imported when an mp4 is written or read, so that training (which writes none) runs where
+    # PyAV is missing, e.g. a GPU image with its own Python packages.
+    try:
+        import av
+    except ImportError as e:
+        raise RuntimeError("writing or reading .mp4 needs PyAV: pip install av (or use a .gif path)") from e
+    return av
+
+
 def write_video(path: str | Path, video, fps: int = 10, scale: int = 4) -> Path:
     """Write ``video`` to ``path``; the suffix picks the format (.mp4 needs ``av``, .gif Pillow).
 
@@ -75,6 +84,7 @@ def write_video(path: str | Path, video, fps: int = 10, scale: int = 4) -> Path:
         h, w = frames.shape[1:3]
         # yuv420p needs even sizes.
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        av = _pyav()
         with av.open(str(path), mode="w") as container:
             # x264's macroblock-tree rate control reads memory it never wrote on tiny frames
             # (32x32 here), so the same frames gave different files once a decode had run in
@@ -99,7 +109,7 @@ def read_video(path: str | Path) -> np.ndarray:
     """Frames (T, H, W, 3) uint8 of an mp4 (PyAV) or gif (Pillow): for tests and tools."""
     path = Path(path)
     if path.suffix.lower() == ".mp4":
-        with av.open(str(path)) as container:
+        with _pyav().open(str(path)) as container:
             return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     with Image.open(path) as im:
         return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
