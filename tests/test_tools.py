@@ -54,6 +54,25 @@ def test_mp4_of_the_same_frames_is_the_same_file(tmp_path):
         assert path.read_bytes() == first, f"write {i} differs"
 
 
+def test_without_pyav_gifs_still_write_and_mp4_names_the_fix(tmp_path):
+    # Training and GIFs need no PyAV (a GPU image may lack it); an mp4 then says what to install.
+    import subprocess
+    code = ("import sys; sys.modules['av'] = None\n"
+            "import numpy as np, trainers.train_dynamics\n"
+            "from genie_env.video import write_video\n"
+            "f = np.zeros((2, 8, 8, 3), np.uint8)\n"
+            f"write_video({str(tmp_path / 'a.gif')!r}, f)\n"
+            "try:\n"
+            f"    write_video({str(tmp_path / 'a.mp4')!r}, f)\n"
+            "except RuntimeError as e:\n"
+            "    print('refused:', e)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "refused:" in res.stdout and "pip install av" in res.stdout
+    assert (tmp_path / "a.gif").exists() and not (tmp_path / "a.mp4").exists()
+
+
 def test_generate_rejects_bad_actions(world, prompt_png, tmp_path, capsys):
     argv = ["generate", "--prompt", str(prompt_png), "--tokenizer_path", str(world["tok"]),
             "--dynamics_path", str(world["dyn"]), "--device", "cpu", "--output", str(tmp_path / "o.mp4")]
