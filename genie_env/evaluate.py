@@ -262,7 +262,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     t = min(4, clip_len - 1)  # frames counted from 0 here: index 4 is the paper's t = 4 after the prompt
     results = {
         "clips": len(idx), "clip_len": clip_len, "split": split, "commit noise": float(dynamics.cfg.commit_noise),
-        "temperature": float(dynamics.cfg.temperature),
+        "temperature": float(dynamics.cfg.temperature), "MaskGIT steps": int(dynamics.cfg.maskgit_steps),
         "tokenizer PSNR (dB)": float(mean("tok_psnr")), "tokenizer SSIM": float(mean("tok_ssim")),
         **({"tokenizer PSNR, its pixel codes alone (dB)": float(mean("tok_codes_psnr"))} if "tok_codes_psnr" in sums else {}),
         "tokenizer codebook perplexity": float(code_stats(None, tokenizer.cfg.num_codes, token_counts.float())["perplexity"]),
@@ -363,6 +363,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MaskGIT's annealed commit-order noise for this evaluation (default: the checkpoint's)")
     p.add_argument("--temperature", type=float, default=None,
                    help="MaskGIT sampling temperature for this evaluation (default: the checkpoint's; 0: greedy)")
+    p.add_argument("--maskgit_steps", type=int, default=None,
+                   help="MaskGIT passes per frame for this evaluation (default: the checkpoint's): fewer step "
+                        "faster, see what it costs")
     p.add_argument("--dtype", default="float32",
                    help="precision of the tokenizer and dynamics model (float32, or bfloat16 to see what it costs)")
 
@@ -370,11 +373,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_positive(args, "clips", "action_clips")
     # Sampler settings that override the checkpoint's for this evaluation only.
-    sampler = {name: getattr(args, name) for name in ("commit_noise", "temperature")
+    sampler = {name: getattr(args, name) for name in ("commit_noise", "temperature", "maskgit_steps")
                if getattr(args, name) is not None}
     for name, value in sampler.items():
-        if value < 0:
-            raise ValueError(f"--{name} must be >= 0, got {value}")
+        if value < (1 if name == "maskgit_steps" else 0):
+            raise ValueError(f"--{name} must be >= {1 if name == 'maskgit_steps' else 0}, got {value}")
     dev = resolve_device(args.device)
     b = bundled_paths()
     dtype = resolve_dtype(args.dtype, dev)

@@ -120,7 +120,8 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
 
 
 @pytest.mark.parametrize("flag, values, key", [("--commit_noise", ("0", "4"), "commit noise"),
-                                               ("--temperature", ("1", "0"), "temperature")])
+                                               ("--temperature", ("1", "0"), "temperature"),
+                                               ("--maskgit_steps", ("8", "2"), "MaskGIT steps")])
 def test_eval_sampler_options_change_the_rollouts_only(coinrun_dir, tmp_path, flag, values, key):
     from genie_env.cli import main
     results = {}
@@ -133,6 +134,8 @@ def test_eval_sampler_options_change_the_rollouts_only(coinrun_dir, tmp_path, fl
     assert first["tokenizer PSNR (dB)"] == second["tokenizer PSNR (dB)"]
     assert first["rollout PSNR by t, inferred actions (dB)"] != second["rollout PSNR by t, inferred actions (dB)"]
     assert main(["eval", "--data_dir", str(coinrun_dir), flag, "-1", "--device", "cpu"]) == 2
+    if flag == "--maskgit_steps":
+        assert main(["eval", "--data_dir", str(coinrun_dir), flag, "0", "--device", "cpu"]) == 2
     assert main(["eval", "--data_dir", str(coinrun_dir), "--action_clips", "0", "--device", "cpu"]) == 2
 
 
