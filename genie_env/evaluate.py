@@ -364,8 +364,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help="MaskGIT sampling temperature for this evaluation (default: the checkpoint's; 0: greedy)")
     p.add_argument("--maskgit_steps", type=int, default=None,
-                   help="MaskGIT passes per frame for this evaluation (default: the checkpoint's): fewer step "
-                        "faster, see what it costs")
+                   help="MaskGIT passes per frame for this evaluation (default: the checkpoint's): fewer passes "
+                        "step faster; this shows what that costs")
     p.add_argument("--dtype", default="float32",
                    help="precision of the tokenizer and dynamics model (float32, or bfloat16 to see what it costs)")
 
