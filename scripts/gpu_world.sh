@@ -76,17 +76,16 @@ collect_outputs() {
   "$PY" - "$RUN" "$OUT" <<'EOF'
 import sys
 from pathlib import Path
-from genie_env.checkpoint import load_checkpoint, load_model_and_config, save_checkpoint
+from genie_env.checkpoint import load_checkpoint
+from trainers.export import weights_only
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 for name in ("tokenizer", "lam", "dyn", "large", "newlam"):
-    src = run / name / ("tokenizer" if name == "tokenizer" else "lam" if name == "lam" else "dynamics") / "latest.pt"
+    kind = name if name in ("tokenizer", "lam") else "dynamics"
+    src = run / name / kind / "latest.pt"
     if not src.exists():
         print(f"{name}: no checkpoint"); continue
-    model, stage = load_model_and_config(src)
-    step = int(load_checkpoint(src)["step"])
-    dst = out / f"{name}.pt"
-    save_checkpoint(dst, model, stage, step=step, include_rng=False)
-    print(f"{name}: step {step}, {dst.stat().st_size / 2**20:.1f} MiB")
+    size, _ = weights_only(src, out / f"{name}.pt", kind)
+    print(f"{name}: step {load_checkpoint(out / f'{name}.pt')['step']}, {size / 2**20:.1f} MiB")
 EOF
   # Files over 15 MiB come back in parts: cat NAME.pt.part* > NAME.pt
   for f in "$OUT"/*.pt; do

@@ -71,16 +71,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num_prompts", type=int, default=8)
 
 
+def weights_only(src: str | Path, dst: str | Path, kind: str | None = None):
+    """Write ``src``'s model, config and step to ``dst`` without optimizer or RNG state; returns
+    (the file's size in bytes, the stage config)."""
+    model, stage = load_model_and_config(src, kind)
+    save_checkpoint(dst, model, stage, step=int(load_checkpoint(src, kind)["step"]), include_rng=False)
+    return Path(dst).stat().st_size, stage
+
+
 def run(args: argparse.Namespace) -> int:
     run_dir, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for kind in ("tokenizer", "lam", "dynamics"):
         src = run_dir / kind / "latest.pt"
-        model, stage = load_model_and_config(src, kind)
-        path = out / f"{kind}.pt"
-        save_checkpoint(path, model, stage, step=int(load_checkpoint(src, kind)["step"]), include_rng=False)
-        sizes[kind] = path.stat().st_size
+        sizes[kind], stage = weights_only(src, out / f"{kind}.pt", kind)
     dyn_stage = stage
     image_size = load_model(out / "tokenizer.pt").cfg.image_size
     val = ClipDataset(args.data_dir, clip_len=1, image_size=image_size, split="val",
