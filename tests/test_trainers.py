@@ -190,16 +190,21 @@ def test_data_order_depends_on_the_step_alone():
     assert [a + b for a, b in zip(*ranks)] == full
 
 
-def test_two_process_gloo_ddp_run(tmp_path, coinrun_dir):
-    cfg_path = micro_config(tmp_path, "lam", steps=4)
+@pytest.mark.parametrize("time_limit", [None, "0.001"])
+def test_two_process_gloo_ddp_run(tmp_path, coinrun_dir, time_limit):
+    cfg_path = micro_config(tmp_path, "lam", steps=4 if time_limit is None else 400)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29531" if time_limit is None else "29532",
            "-m", "trainers.train_lam", "--config", str(cfg_path), "--data_dir", str(coinrun_dir),
            "--device", "cpu", "--out_dir", str(tmp_path / "ddp")]
+    if time_limit is not None:  # the ranks agree on the stop through an all-reduce; stopping apart would hang
+        cmd += ["--time_limit", time_limit]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "ddp" / "lam" / "latest.pt")
-    assert ckpt["step"] == 4 and ckpt["extra"]["world_size"] == 2 and len(ckpt["extra"]["rank_rng"]) == 2
+    steps = 4 if time_limit is None else ckpt["config"]["train"]["max_steps"]
+    assert ckpt["step"] == steps < 400 and ckpt["extra"]["world_size"] == 2 and len(ckpt["extra"]["rank_rng"]) == 2
     assert isinstance(load_model(tmp_path / "ddp" / "lam" / "latest.pt"), torch.nn.Module)
 
 
