@@ -79,3 +79,18 @@ def test_motion_benchmark_measures_the_data_and_a_lam(coinrun_dir, tmp_path):
     # The pairs of stride 3 scroll (a random agent drifts), so the share is read.
     assert int(tok_lines[1].split("sideways ")[1].split(",")[0]) > 0
     assert all(0 <= float(line.split()[-1]) <= 1 for line in tok_lines)
+
+
+def test_action_scroll_benchmark_scores_every_action(coinrun_dir):
+    out = run("benchmarks/action_scroll.py", "--data_dir", str(coinrun_dir), "--clips", "8",
+              "--maskgit_steps", "2").splitlines()
+    assert out[0].startswith("pairs ") and "maskgit_steps 2" in out[0]
+    assert int(out[0].split("scrolling sideways ")[1].split()[0]) > 0  # the fixture's random agent drifts
+    best = float(out[1].split("best of the 8 actions ")[1])
+    per_action = [line for line in out if line.startswith("action ")]
+    assert [line.split(":")[0] for line in per_action] == [f"action {a}" for a in range(8)]
+    alike = [float(line.split("alike ")[1].split(";")[0]) for line in per_action]
+    assert 0 <= max(alike) <= best <= 1  # the best of the actions is at least each one
+    for line in per_action:
+        left, right = float(line.split("left ")[1].split(",")[0]), float(line.split("right ")[1].split(" ")[0])
+        assert 0 <= left + right <= 1
