@@ -265,8 +265,8 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
         helper.to(dev)
     ckpt_model = task.checkpoint_model or model
     opt = make_optimizer(model, tc)
-    horizon = [tc.max_steps]  # a time limit may lower it once the step rate is known
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, lambda: horizon[0], tc.min_lr_ratio))
+    # Read at every step: a time limit may lower max_steps once the step rate is known.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, lambda: tc.max_steps, tc.min_lr_ratio))
     step = 0
     if latest.exists() and resume is not False:
         # On the CPU: RNG states must stay there; load_state_dict moves the rest to the model.
@@ -341,12 +341,12 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
                     agree = torch.tensor([-float(fit), float(expired)], device=dev)
                     dist.all_reduce(agree, op=dist.ReduceOp.MAX)
                     fit, expired = int(-agree[0].item()), bool(agree[1].item())
-                horizon[0] = step if expired else max(fit, step)
-                if horizon[0] != tc.max_steps:
+                fit = step if expired else max(fit, step)
+                if fit != tc.max_steps:
                     if ctx.main:
                         log.info("%s: time limit %.1f min: %s at step %d", task.kind, tc.time_limit_min,
-                                 "spent, stopping" if expired else f"max_steps {tc.max_steps} -> {horizon[0]}", step)
-                    tc.max_steps = horizon[0]  # the checkpoints' config records the steps the run got
+                                 "spent, stopping" if expired else f"max_steps {tc.max_steps} -> {fit}", step)
+                    tc.max_steps = fit  # the checkpoints' config records the steps the run got
                     bar.total = tc.max_steps
 
             if ctx.main:
