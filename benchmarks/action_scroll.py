@@ -22,8 +22,8 @@ import torch
 
 from genie_env.bundled import bundled_paths
 from genie_env.checkpoint import load_model, load_model_and_config
-from genie_env.evaluate import _clip_sample
-from genie_env.metrics import horizontal_scrolls, one_step_predictions
+from genie_env.evaluate import _clip_sample, override_sampler
+from genie_env.metrics import horizontal_scrolls, one_step_predictions, scrolls_beside
 
 
 @torch.no_grad()
@@ -39,15 +39,12 @@ def action_scrolls(tok, lam, dyn, stage, data_dir: str, clips: int, seed: int = 
         tokens = tok.encode(video)
         actions = lam(video)["actions"]
 
-        def beside(nxt):  # each real frame, then the frame that follows it
-            return horizontal_scrolls(torch.stack([video[:, :-1], nxt], dim=2).flatten(0, 1)).reshape(n, -1)
-
         def step(acts):  # the same sampling noise for every action
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
-            return beside(one_step_predictions(tok, dyn, tokens, acts, generators=gens))
+            return scrolls_beside(video, one_step_predictions(tok, dyn, tokens, acts, generators=gens))
 
         out["real"].append(horizontal_scrolls(video))
-        out["ceiling"].append(beside(tok.decode(tokens)[:, 1:]))
+        out["ceiling"].append(scrolls_beside(video, tok.decode(tokens)[:, 1:]))
         out["inferred"].append(step(actions))
         for a in range(dyn.cfg.num_actions):
             out[a].append(step(torch.full_like(actions, a)))
@@ -69,11 +66,7 @@ def main(argv=None) -> int:
     tok = load_model(args.tokenizer_path or b["tokenizer"], "tokenizer").eval()
     lam = load_model(args.lam_path or b["lam"], "lam").eval()
     dyn, stage = load_model_and_config(args.dynamics_path or b["dynamics"], "dynamics")
-    dyn.eval()
-    if args.maskgit_steps is not None:
-        dyn.cfg.maskgit_steps = args.maskgit_steps
-    if args.temperature is not None:
-        dyn.cfg.temperature = args.temperature
+    override_sampler(dyn.eval(), {"maskgit_steps": args.maskgit_steps, "temperature": args.temperature})
     s = action_scrolls(tok, lam, dyn, stage, args.data_dir, args.clips, args.seed)
     real = s["real"]
     moving = real != 0

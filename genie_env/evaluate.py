@@ -48,7 +48,8 @@ from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
 from genie_env.metrics import (colour_histograms, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
-                               one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout)
+                               one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout,
+                               scrolls_beside)
 from genie_env.video import to_uint8_frames, write_video
 from genie_env.nn.vq import code_stats
 from genie_env.world import World
@@ -247,9 +248,8 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
             sums.setdefault("tok_codes_psnr", []).append((codes_only.cpu() * n, n))
         # Each real frame beside the frame that follows it: predicted, or the real one reconstructed
         # (the most a prediction in the tokenizer's codes can keep).
-        beside = [torch.stack([video[:, :-1], nxt], dim=2).flatten(0, 1) for nxt in (one_step, recon[:, 1:])]
         scrolls.append(np.stack([horizontal_scrolls(v) for v in (video, recon, inferred, randomized)]
-                                + [horizontal_scrolls(v).reshape(n, -1) for v in beside]))
+                                + [scrolls_beside(video, nxt) for nxt in (one_step, recon[:, 1:])]))
         if first is None:
             first = (video[0], inferred[0], randomized[0])
 
@@ -370,14 +370,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="precision of the tokenizer and dynamics model (float32, or bfloat16 to see what it costs)")
 
 
+# Sampler settings a command may override for one evaluation, and the least each may be.
+SAMPLER_MINIMUM = {"commit_noise": 0, "temperature": 0, "maskgit_steps": 1}
+
+
+def check_sampler(sampler: dict) -> None:
+    """Refuse an override below its minimum (None: keep the checkpoint's), naming the flag."""
+    for name, value in sampler.items():
+        if value is not None and value < SAMPLER_MINIMUM[name]:
+            raise ValueError(f"--{name} must be >= {SAMPLER_MINIMUM[name]}, got {value}")
+
+
+def override_sampler(dynamics, sampler: dict) -> None:
+    """Set the given sampler settings on ``dynamics`` for this process only (the file keeps its own)."""
+    check_sampler(sampler)
+    for name, value in sampler.items():
+        if value is not None:
+            setattr(dynamics.cfg, name, value)
+
+
 def run(args: argparse.Namespace) -> int:
     check_positive(args, "clips", "action_clips")
-    # Sampler settings that override the checkpoint's for this evaluation only.
-    sampler = {name: getattr(args, name) for name in ("commit_noise", "temperature", "maskgit_steps")
-               if getattr(args, name) is not None}
-    for name, value in sampler.items():
-        if value < (1 if name == "maskgit_steps" else 0):
-            raise ValueError(f"--{name} must be >= {1 if name == 'maskgit_steps' else 0}, got {value}")
+    sampler = {name: getattr(args, name) for name in SAMPLER_MINIMUM}
+    check_sampler(sampler)
     dev = resolve_device(args.device)
     b = bundled_paths()
     dtype = resolve_dtype(args.dtype, dev)
@@ -385,8 +400,7 @@ def run(args: argparse.Namespace) -> int:
     lam = load_model(args.lam_path or b["lam"], "lam", dev)
     dyn, dyn_stage = load_model_and_config(args.dynamics_path or b["dynamics"], "dynamics", dev)
     dyn = dyn.to(dtype)
-    for name, value in sampler.items():
-        setattr(dyn.cfg, name, value)
+    override_sampler(dyn, sampler)
     amap = (json.loads(Path(args.action_map).read_text()) if args.action_map
             else load_action_map(args.dynamics_path))
     results = evaluate_world(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,

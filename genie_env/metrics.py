@@ -123,3 +123,12 @@ def horizontal_scrolls(video: torch.Tensor, max_dx: int = 4) -> np.ndarray:
     frames = rearrange(video.detach().float().cpu(), "b t c h w -> b t h w c").numpy()
     prev, nxt = frames[:, :-1].reshape(-1, *frames.shape[2:]), frames[:, 1:].reshape(-1, *frames.shape[2:])
     return frame_shifts(prev, nxt, max_dx)[:, 1].reshape(b, t - 1)
+
+
+@torch.no_grad()
+def scrolls_beside(video: torch.Tensor, following: torch.Tensor) -> np.ndarray:
+    """The sideways scroll from each real frame of ``video`` (B, T, C, H, W) to the frame put
+    after it in ``following`` (B, T-1, C, H, W): a prediction, or a reconstruction of the real next
+    frame -> (B, T-1) int, comparable with :func:`horizontal_scrolls` of the real video."""
+    pairs = torch.stack([video[:, :-1], following], dim=2).flatten(0, 1)  # (B*(T-1), 2, C, H, W)
+    return horizontal_scrolls(pairs).reshape(video.shape[0], -1)

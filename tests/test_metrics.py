@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from genie_env.metrics import (colour_histograms, decode_long, encode_long, frame_shifts,
-                               horizontal_scrolls, nearest_histogram_distance, one_step_predictions,
+                               horizontal_scrolls, scrolls_beside, nearest_histogram_distance, one_step_predictions,
                                patch_kmeans_reconstruct, psnr, rightward_progress)
 from genie_env.models import DynamicsModel, LatentActionModel, VideoTokenizer
 from tests.tiny import dynamics_cfg, lam_cfg, moving_square, tokenizer_cfg
@@ -34,6 +34,11 @@ def test_horizontal_scrolls_of_each_consecutive_pair_of_each_video():
     assert horizontal_scrolls(torch.stack([pan, mixed])).tolist() == [[1, 1, 1], [0, -2, 0]]
     blurred = torch.nn.functional.avg_pool2d(pan, 5, stride=1, padding=2)  # smooth frames keep the motion
     assert horizontal_scrolls(blurred[None]).tolist() == [[1, 1, 1]]
+    # Each real frame beside what was put after it: a still "prediction" scrolls nothing, the
+    # real next frames scroll as the video does.
+    video = torch.stack([pan, mixed])
+    assert scrolls_beside(video, video[:, :-1]).tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert scrolls_beside(video, video[:, 1:]).tolist() == [[1, 1, 1], [0, -2, 0]]
 
 
 def test_long_encode_and_decode_equal_the_windowed_ones_and_slide_past_the_window():
