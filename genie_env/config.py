@@ -122,6 +122,10 @@ class DynamicsConfig:
     # MaskGIT's annealed randomness in the commit order: Gumbel noise of this scale times
     # (1 - k/steps) is added to the log-confidence at pass k (0: commit by confidence alone).
     commit_noise: float = 0.0
+    # Cross-entropy weight of the masked tokens that differ from the same position's token in the
+    # frame before (1: the paper's plain mean). Most tokens copy the frame before, so a plain
+    # mean teaches copying; a weight above 1 pays more for the tokens that move (docs/design.md).
+    changed_token_weight: float = 1.0
     # Length of each code's pixel patch (patch^2 x channels of the tokenizer; 0: off, the paper's
     # plain embeddings). When set, the model adds a projection of each code's mean pixel patch
     # (filled in from data by the trainer, kept in the checkpoint) to the token embeddings and
@@ -134,6 +138,10 @@ class DynamicsConfig:
     # predicts in the data's units.
     reward_scale: float = 1.0
     grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        if not self.changed_token_weight > 0:
+            raise ConfigError(f"changed_token_weight must be > 0 (1 is the plain mean), got {self.changed_token_weight}")
 
 
 @dataclass
@@ -171,6 +179,9 @@ class TrainConfig:
     # max_steps to what fits (so the cosine decay ends on time), then saves and stops at the
     # deadline if it still runs. For a rented GPU whose rate is unknown beforehand.
     time_limit_min: float | None = None
+    # A checkpoint of the same model kind and architecture whose weights a new run starts from
+    # (fine-tuning: fresh optimizer and schedule, step 0). Ignored when the run resumes.
+    init_from: str | None = None
 
 
 MODEL_CONFIGS: dict[str, type] = {

@@ -376,6 +376,31 @@ def test_clean_prefix_samples_mask_only_frames_after_a_cut():
     assert set(first[prefixed].tolist()) == {2, 3, 4}
 
 
+def test_changed_token_weight_pays_more_for_the_tokens_that_differ_from_the_frame_before():
+    torch.manual_seed(0)
+    weighted = DynamicsModel(dynamics_cfg(token_grid=(4, 4), changed_token_weight=3.0))
+    plain = DynamicsModel(dynamics_cfg(token_grid=(4, 4)))
+    plain.load_state_dict(weighted.state_dict())
+    tokens = torch.randint(0, 16, (6, 1, 16)).repeat(1, 4, 1)  # a still scene ...
+    tokens[:, 2, :5] = (tokens[:, 2, :5] + 1) % 16  # ... whose frame 3 changes in 5 places
+    actions, rate = torch.randint(0, 4, (6, 3)), torch.full((6,), 0.8)
+    torch.manual_seed(1)
+    out = weighted(tokens, actions, mask_rate=rate)
+    torch.manual_seed(1)
+    ref = plain(tokens, actions, mask_rate=rate)
+    assert torch.equal(out["mask"], ref["mask"]) and torch.allclose(ref["loss"], ref["ce"])
+    mask = out["mask"]
+    changed = torch.zeros_like(mask)
+    changed[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
+    assert (changed & mask).sum() > 0 and (changed & mask).sum() < mask.sum()
+    ce = torch.nn.functional.cross_entropy(out["logits"][mask], tokens[mask], reduction="none")
+    w = 1 + 2 * changed[mask].float()
+    assert torch.allclose(out["loss"], (w * ce).sum() / w.sum(), atol=1e-6)
+    assert torch.allclose(out["ce"], ref["ce"], atol=1e-6)  # reported unweighted, comparable across runs
+    with pytest.raises(ValueError, match="changed_token_weight must be > 0"):
+        dynamics_cfg(changed_token_weight=0.0)
+
+
 def test_commit_noise_is_seeded_per_row_and_changes_the_samples():
     torch.manual_seed(0)
     dyn = DynamicsModel(dynamics_cfg(commit_noise=4.5, temperature=1.0)).eval()

@@ -410,3 +410,27 @@ def test_the_dynamics_stage_moves_its_frozen_tokenizer_and_lam_to_the_device(tra
     train(task, coinrun_dir, "cpu", tmp_path / "o", image_size=tok.cfg.image_size)
     assert moved == [torch.device("cpu")] * 2
     assert not any(p.requires_grad for p in [*tok.parameters(), *lam.parameters()])
+
+
+def test_init_from_starts_a_new_run_from_trained_weights_and_refuses_a_misfit(tmp_path, trained, coinrun_dir):
+    from genie_env.checkpoint import CheckpointError
+    parser = train_lam.base_parser("lam")
+    source = _weights(trained["lam"])
+    # lr 0: the one step leaves the weights where the run started.
+    cfg_path = micro_config(tmp_path, "lam", steps=1, lr=0.0)
+    fresh = _weights(train_lam.main(args_for(parser, cfg_path, coinrun_dir, tmp_path / "fresh")))
+    assert any(not torch.equal(fresh[k], source[k]) for k in source)
+    path = train_lam.main(args_for(parser, cfg_path, coinrun_dir, tmp_path / "ft", "--init_from", str(trained["lam"])))
+    ckpt = load_checkpoint(path)
+    # Every weight and the codebook as trained; only the dead-code counter ticked on.
+    assert all(torch.equal(ckpt["model"][k], source[k]) for k in source if not k.endswith("steps_unused"))
+    assert ckpt["step"] == 1 and ckpt["config"]["train"]["init_from"] == str(trained["lam"])
+
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["model"]["enc_dim"] = 32
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(TrainingError, match="init_from .* do not fit the lam this config builds"):
+        train_lam.main(args_for(parser, tmp_path / "wide.yaml", coinrun_dir, tmp_path / "w",
+                                "--init_from", str(trained["lam"])))
+    with pytest.raises(CheckpointError, match="holds a tokenizer model, but a lam checkpoint"):
+        train_lam.main(args_for(parser, cfg_path, coinrun_dir, tmp_path / "k", "--init_from", str(trained["tokenizer"])))

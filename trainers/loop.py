@@ -238,6 +238,18 @@ def spread_clips(dataset, count: int) -> list[torch.Tensor]:
     return [dataset[i * n // min(count, n)]["frames"] for i in range(min(count, n))]
 
 
+def init_weights_from(model: nn.Module, path: str | Path, kind: str) -> None:
+    """Load a trained checkpoint's weights into ``model`` (a fine-tune's start), refusing one of
+    another kind or architecture with the fix named."""
+    ckpt = load_checkpoint(path, kind=kind, map_location="cpu")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise TrainingError(f"train.init_from {path}: its weights do not fit the {kind} this config builds "
+                            f"({str(e).splitlines()[0]}); give the config the checkpoint's model "
+                            f"section (the model keys stored in it) or start without init_from") from e
+
+
 def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str | Path | None = None,
           resume: bool | None = None, image_size=None) -> Path:
     """Train ``task`` on the H5 clips in ``data_dir``; returns the path of the last checkpoint.
@@ -287,6 +299,10 @@ def train(task: Task, data_dir: str | Path, device: str = "auto", out_dir: str |
                         ctx.world, ckpt.get("extra", {}).get("world_size", 1))
         if ctx.main:
             log.info("resuming %s from %s at step %d", task.kind, latest, step)
+    elif tc.init_from:
+        init_weights_from(ckpt_model, tc.init_from, task.kind)
+        if ctx.main:
+            log.info("starting %s from the weights of %s", task.kind, tc.init_from)
     if step >= tc.max_steps:
         if ctx.main:
             log.info("%s already trained to step %d (max_steps %d)", task.kind, step, tc.max_steps)
@@ -441,6 +457,9 @@ def base_parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--time_limit", type=float, default=None, metavar="MINUTES",
                    help="override train.time_limit_min: fit max_steps to this much wall clock, "
                         "measured from the first step")
+    p.add_argument("--init_from", default=None, metavar="CKPT",
+                   help="override train.init_from: start a new run from this trained checkpoint's weights "
+                        "(fine-tuning; the optimizer and schedule start afresh)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_true", default=None,
                    help="continue from <out_dir>/<model>/latest.pt (the default when it exists)")
@@ -463,6 +482,8 @@ def stage_from_args(args: argparse.Namespace, kind: str) -> StageConfig:
         cfg.train.compile = True
     if args.time_limit is not None:
         cfg.train.time_limit_min = args.time_limit
+    if args.init_from is not None:
+        cfg.train.init_from = args.init_from
     if cfg.data.clip_len > cfg.model.max_frames:
         raise TrainingError(f"{args.config}: data.clip_len {cfg.data.clip_len} exceeds model.max_frames "
                             f"{cfg.model.max_frames}")

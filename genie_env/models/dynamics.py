@@ -7,7 +7,8 @@ learned "no action" embedding (index ``num_actions``). Actions are indices, so n
 back into the LAM (the paper's stop-gradient).
 
 Training masks the tokens of frames 2..T with a Bernoulli rate drawn uniformly in
-[mask_rate_min, mask_rate_max] **per sample**, with cross-entropy on the masked positions. A
+[mask_rate_min, mask_rate_max] **per sample**, with cross-entropy on the masked positions
+(``changed_token_weight`` weighs up those whose token differs from the frame before). A
 share ``clean_prefix_prob`` of the samples instead keeps frames 1..c-1 clean and masks only
 frames c..T (c drawn uniformly in 2..T), the clean-past state that every decode at inference
 starts from. The optional reward/termination heads read a second, gradient-free pass over the
@@ -191,10 +192,20 @@ class DynamicsModel(nn.Module):
         frame_actions = self._frame_actions(actions)
         h = self.transformer(self.embed(tokens.masked_fill(mask, self.mask_id), frame_actions))
         logits = self.logits(h)
-        ce = F.cross_entropy(logits[mask].float(), tokens[mask]) if mask.any() else logits.sum() * 0
-        with torch.no_grad():
-            acc = (logits[mask].argmax(-1) == tokens[mask]).float().mean() if mask.any() else ce.detach()
-        out = {"loss": ce, "ce": ce, "masked_acc": acc, "mask_rate": mask_rate, "mask": mask,
+        if mask.any():
+            ce_each = F.cross_entropy(logits[mask].float(), tokens[mask], reduction="none")
+            ce = ce_each.mean()
+            loss = ce
+            if self.cfg.changed_token_weight != 1.0:
+                changed = torch.zeros_like(mask)
+                changed[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
+                w = torch.where(changed[mask], self.cfg.changed_token_weight, 1.0)
+                loss = (w * ce_each).sum() / w.sum()
+            with torch.no_grad():
+                acc = (logits[mask].argmax(-1) == tokens[mask]).float().mean()
+        else:
+            ce = loss = acc = logits.sum() * 0
+        out = {"loss": loss, "ce": ce, "masked_acc": acc, "mask_rate": mask_rate, "mask": mask,
                "logits": logits.detach()}
         if self.cfg.reward_head and rewards is not None and dones is not None:
             with torch.no_grad():
@@ -203,7 +214,7 @@ class DynamicsModel(nn.Module):
             reward, done_logit = self._reward_done(h_clean, head_actions)
             out["reward_loss"] = F.mse_loss(reward, rewards.float() / self.cfg.reward_scale)
             out["done_loss"] = F.binary_cross_entropy_with_logits(done_logit, dones.float())
-            out["loss"] = ce + out["reward_loss"] + out["done_loss"]
+            out["loss"] = loss + out["reward_loss"] + out["done_loss"]
         return out
 
     def _reward_done(self, h: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
