@@ -18,6 +18,9 @@
   before it), against repeating the frame or its reconstruction (what a model that only copied
   the tokens would score) and, for the scroll, against the real next frame's reconstruction in
   the same place: the dynamics model's own skill, before a rollout compounds its errors;
+- the first MaskGIT pass from the real past, in tokens: of the tokens that change from the frame
+  before, the share its most likely token gets right and the share it predicts as the frame
+  before's (a model that only copies: 0 and 1), beside its accuracy on the tokens that stay;
 - baselines the numbers are read against: "repeat the prompt" (PSNR of the prompt frame held
   still) for every rollout figure, and per-patch k-means with the tokenizer's patch size and
   code count (the same bits per frame, no learning) for the tokenizer;
@@ -47,7 +50,7 @@ from genie_env.cli import check_positive
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
-from genie_env.metrics import (colour_histograms, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
+from genie_env.metrics import (colour_histograms, first_pass_tokens, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
                                one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout,
                                scrolls_beside)
 from genie_env.video import to_uint8_frames, write_video
@@ -217,6 +220,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     sums: dict[str, list] = {}
     token_counts = torch.zeros(tokenizer.cfg.num_codes, dtype=torch.long)
     first, inferred_actions, scrolls = None, [], []
+    token_counts_first: dict[str, torch.Tensor] = {}
     for start in range(0, len(idx), batch):
         items = [val[i] for i in idx[start:start + batch]]
         video = torch.stack([it["frames"] for it in items]).to(dev)
@@ -234,6 +238,8 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         randomized = rollout(tokenizer, dynamics, video, random_actions, generators=gens)
         gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(n)]
         one_step = one_step_predictions(tokenizer, dynamics, tokens, actions, generators=gens)
+        for key, value in first_pass_tokens(dynamics, tokens, actions).items():
+            token_counts_first[key] = token_counts_first.get(key, 0) + value
         for key, value in (("tok_psnr", psnr_per_frame(recon, video).mean()), ("tok_ssim", ssim(recon, video)),
                            ("lam_psnr", psnr_per_frame(lam_out["recon"], video[:, 1:]).mean()),
                            ("roll_inferred", psnr_per_frame(inferred, video)),
@@ -280,6 +286,15 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         "one step from the real past: repeat-the-frame PSNR (dB)": float(mean("copy_step")),
         "one step from the real past: the frame's reconstruction repeated, PSNR (dB)": float(mean("copy_recon_step")),
     }
+    c = {k: float(v) for k, v in token_counts_first.items()}
+    results["first MaskGIT pass from the real past: tokens that change from the frame before (fraction)"] = \
+        c["changed"] / (c["changed"] + c["stayed"])
+    if c["changed"]:
+        results["first MaskGIT pass from the real past: changing tokens predicted right (fraction)"] = c["changed_right"] / c["changed"]
+        results["first MaskGIT pass from the real past: changing tokens predicted as the frame before's (fraction)"] = \
+            c["changed_copied"] / c["changed"]
+    if c["stayed"]:
+        results["first MaskGIT pass from the real past: staying tokens predicted right (fraction)"] = c["stayed_right"] / c["stayed"]
     scroll = np.concatenate(scrolls, axis=1)  # (6, clips, T-1): real, reconstruction, two rollouts, one step, its ceiling
     moved = scroll[0] != 0
     results["scrolling: consecutive real frame pairs that scroll sideways"] = int(moved.sum())

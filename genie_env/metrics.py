@@ -50,6 +50,32 @@ def one_step_predictions(tokenizer, dynamics, tokens: torch.Tensor, actions: tor
 
 
 @torch.no_grad()
+def first_pass_tokens(dynamics, tokens: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the first MaskGIT pass of each next frame would commit, from the real past: for each
+    t >= 1 of tokens (B, T, N), frame t fully masked after clean frames 0..t-1 with their actions
+    (B, T-1), the most likely token at each position. Returns counts (0-d tensors) over all
+    positions of the tokens that differ from the frame before ("changed"), how many of those the
+    argmax gets right and how many it predicts as the frame before's token ("copied"), and the
+    same right-count for the tokens that stay. A model that only copies gets the staying tokens
+    right and none of the changed ones: the share it gets right is its motion, before sampling."""
+    frame_actions = dynamics._frame_actions(actions)
+    counts = dict.fromkeys(("changed", "changed_right", "changed_copied", "stayed", "stayed_right"), 0)
+    for t in range(1, tokens.shape[1]):
+        x = tokens[:, :t + 1].clone()
+        x[:, t] = dynamics.mask_id
+        guess = dynamics.logits(dynamics.transformer(dynamics.embed(x, frame_actions[:, :t + 1]))[:, t]).argmax(-1)
+        true, before = tokens[:, t], tokens[:, t - 1]
+        changed = true != before
+        right = guess == true
+        counts["changed"] += changed.sum()
+        counts["changed_right"] += (right & changed).sum()
+        counts["changed_copied"] += ((guess == before) & changed).sum()
+        counts["stayed"] += (~changed).sum()
+        counts["stayed_right"] += (right & ~changed).sum()
+    return {k: torch.as_tensor(v).cpu() for k, v in counts.items()}
+
+
+@torch.no_grad()
 def encode_long(tokenizer, video: torch.Tensor) -> torch.Tensor:
     """Video (B, T, C, H, W) of any length T -> tokens (B, T, N), frame by frame against the
     encoder's KV cache, which slides past the tokenizer's ``max_frames``."""

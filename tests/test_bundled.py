@@ -108,6 +108,11 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, tmp_path, cap
                 "one step from the real past, inferred actions",
                 "one step from the real past, the real next frame's reconstruction"):
         assert 0 <= fp32[f"scrolling: {who} scrolls alike (fraction)"] <= 1, who
+    first_pass = "first MaskGIT pass from the real past: "
+    assert 0 < fp32[first_pass + "tokens that change from the frame before (fraction)"] < 1
+    for what in ("changing tokens predicted right", "changing tokens predicted as the frame before's",
+                 "staying tokens predicted right"):
+        assert 0 <= fp32[f"{first_pass}{what} (fraction)"] <= 1, what
     # One step from the real past, against holding the real frame still: CoinRun moves little
     # per frame, and the bundled tokenizer alone (about 18 dB) keeps its prediction below that.
     one = fp32["one step from the real past, inferred actions: PSNR (dB)"]

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from genie_env.metrics import (colour_histograms, decode_long, encode_long, frame_shifts,
+from genie_env.metrics import (colour_histograms, decode_long, encode_long, first_pass_tokens, frame_shifts,
                                horizontal_scrolls, scrolls_beside, nearest_histogram_distance, one_step_predictions,
                                patch_kmeans_reconstruct, psnr, rightward_progress)
 from genie_env.models import DynamicsModel, LatentActionModel, VideoTokenizer
@@ -97,3 +97,25 @@ def test_one_step_predictions_start_each_frame_from_the_real_past():
     other[:, 2] = video[:, 2].flip(-1)
     again = one_step_predictions(tok, dyn, tok.encode(other), actions)
     assert torch.equal(again[:, :2], pred[:, :2]) and not torch.allclose(again[:, 2:], pred[:, 2:])
+
+
+def test_first_pass_tokens_count_what_a_one_pass_greedy_decode_from_the_real_past_gets_right():
+    torch.manual_seed(0)
+    tok = VideoTokenizer(tokenizer_cfg()).eval()
+    dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4), vocab_size=32)).eval()
+    video, actions = moving_square(3, 5)
+    tokens = tok.encode(video)
+    got = first_pass_tokens(dyn, tokens, actions)
+    want = dict.fromkeys(got, 0)
+    for t in range(1, 5):  # frame t from the real frames before it and the action that led to it
+        guess = dyn.sample_next_uncached(tokens[:, :t], actions[:, :t - 1], actions[:, t - 1], steps=1, temperature=0)
+        changed = tokens[:, t] != tokens[:, t - 1]
+        want["changed"] += int(changed.sum())
+        want["changed_right"] += int(((guess == tokens[:, t]) & changed).sum())
+        want["changed_copied"] += int(((guess == tokens[:, t - 1]) & changed).sum())
+        want["stayed"] += int((~changed).sum())
+        want["stayed_right"] += int(((guess == tokens[:, t]) & ~changed).sum())
+    assert {k: int(v) for k, v in got.items()} == want
+    assert want["changed"] > 0 and want["stayed"] > 0  # the moving square changes some tokens, not all
+    still = first_pass_tokens(dyn, tokens[:, :1].expand(-1, 4, -1), actions[:, :3])
+    assert int(still["changed"]) == 0 and int(still["stayed"]) == 3 * 3 * 16
