@@ -22,7 +22,7 @@ import torch
 
 from genie_env.bundled import bundled_paths
 from genie_env.checkpoint import load_model, load_model_and_config
-from genie_env.evaluate import _clip_sample, override_sampler
+from genie_env.evaluate import clip_sample, override_sampler
 from genie_env.metrics import horizontal_scrolls, one_step_predictions, scrolls_beside
 
 
@@ -31,7 +31,7 @@ def action_scrolls(tok, lam, dyn, stage, data_dir: str, clips: int, seed: int = 
     """Sideways scrolls (pixels, per consecutive pair) of the real clips, of their reconstruction
     beside each real frame, and of one-step predictions under the inferred and each held action."""
     clip_len = min(dyn.cfg.max_frames, tok.cfg.max_frames)
-    val, idx = _clip_sample(data_dir, clip_len, tok.cfg.image_size, None, stage.data, clips, seed)
+    val, idx = clip_sample(data_dir, clip_len, tok.cfg.image_size, None, stage.data, clips, seed)
     out: dict = {"real": [], "ceiling": [], "inferred": [], **{a: [] for a in range(dyn.cfg.num_actions)}}
     for start in range(0, len(idx[:clips]), batch):
         video = torch.stack([val[i]["frames"] for i in idx[start:min(start + batch, clips)]])

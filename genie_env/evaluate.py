@@ -96,7 +96,9 @@ def action_agreement(latent: np.ndarray, true: np.ndarray) -> dict[str, float]:
             "mutual information, bias-corrected (bits)": float(mi - bias)}
 
 
-def _clip_sample(data_dir, clip_len: int, image_size, split, stage, num_clips: int, seed: int):
+def clip_sample(data_dir, clip_len: int, image_size, split, stage, num_clips: int, seed: int):
+    """The clips eval scores: a dataset of ``split`` episodes chosen as the training run's
+    ``stage`` (DataConfig) held them out, and ``num_clips`` of its clip indices drawn by ``seed``."""
     ds = ClipDataset(data_dir, clip_len=clip_len, image_size=image_size, split=split,
                      val_fraction=stage.val_fraction if stage else 0.1, seed=stage.seed if stage else 0)
     g = torch.Generator().manual_seed(seed)
@@ -132,7 +134,7 @@ def long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon: int,
     """Rollout PSNR by t out to ``horizon`` generated frames with the LAM's inferred actions, and
     the repeat-the-prompt baseline, on clips of ``horizon + 1`` frames."""
     try:
-        ds, idx = _clip_sample(data_dir, horizon + 1, tokenizer.cfg.image_size, split, stage, num_clips, seed)
+        ds, idx = clip_sample(data_dir, horizon + 1, tokenizer.cfg.image_size, split, stage, num_clips, seed)
     except ValueError as e:  # no episode that long
         log.warning("no long-horizon rollout: %s", e)
         return {}
@@ -213,7 +215,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     stage = data_config
     clip_len = clip_len or min(dynamics.cfg.max_frames, tokenizer.cfg.max_frames)
     # One draw of clips: the first num_clips are rolled out, all of them label the LAM's statistics.
-    val, action_idx = _clip_sample(data_dir, clip_len, tokenizer.cfg.image_size, split, stage,
+    val, action_idx = clip_sample(data_dir, clip_len, tokenizer.cfg.image_size, split, stage,
                                    max(num_clips, action_clips), seed)
     idx = action_idx[:num_clips]
     g = torch.Generator().manual_seed(seed)
