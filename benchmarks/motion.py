@@ -11,8 +11,10 @@ For pairs (frame t, frame t + stride) of held-out episodes it prints, per stride
   Miller-Madow corrected, as `genie-env eval` reports the LAM's): how much of the true action
   the global motion alone carries, a reference for the LAM's figure (not a ceiling: the agent's
   sprite, facing and animation carry more);
-- with ``--lam``: that LAM's next-frame PSNR (pooled) and the information its codes carry about
-  the true action, the motion, and the horizontal motion alone;
+- with ``--lam``: that LAM's next-frame PSNR (pooled), the information its codes carry about
+  the true action, the motion, and the horizontal motion alone, and the share of pairs whose code
+  stays the same when both frames are mirrored left-right (a LAM that tells left from right
+  changes the code of a pair that scrolls; one that does not is blind to the direction);
 - with ``--tokenizers``: each tokenizer's reconstruction PSNR of the pairs (pooled, each pair
   tokenized as a two-frame clip) and, of the pairs that scroll sideways, the share whose
   reconstructions scroll by the same number of pixels: a scroll the tokenizer loses is one no
@@ -84,15 +86,17 @@ def main() -> None:
         print(f"  MI(true action; motion sign) {mi(motion, true)}; "
               f"MI(true action; horizontal sign) {mi(sign[:, 1], true)} bits")
         if lam is not None:
-            codes, recon = [], []
+            codes, recon, mirrored = [], [], []
             for s in range(0, len(video), 256):
                 out = lam(video[s:s + 256])
                 codes.append(out["actions"][:, 0])
                 recon.append(out["recon"][:, 0])
-            codes = torch.cat(codes).numpy()
+                mirrored.append(lam.infer_actions(video[s:s + 256].flip(-1))[:, 0])
+            codes, mirrored = torch.cat(codes).numpy(), torch.cat(mirrored).numpy()
             recon = torch.cat(recon).permute(0, 2, 3, 1).numpy()
             print(f"  LAM: next-frame PSNR {pooled_psnr(recon, nxt):.2f} dB; MI(code; true action) {mi(codes, true)}; "
-                  f"MI(code; motion sign) {mi(codes, motion)}; MI(code; horizontal sign) {mi(codes, sign[:, 1])} bits")
+                  f"MI(code; motion sign) {mi(codes, motion)}; MI(code; horizontal sign) {mi(codes, sign[:, 1])} bits; "
+                  f"same code for the pair mirrored left-right {np.mean(codes == mirrored):.2f}")
         # The horizontal-only search that eval uses, on the real pairs as on the reconstructions.
         real = horizontal_scrolls(video, m)[:, 0]
         scrolling = real != 0

@@ -137,11 +137,25 @@ class DynamicsConfig:
     # The reward head learns reward / reward_scale (CoinRun pays 10 for the coin) and
     # predicts in the data's units.
     reward_scale: float = 1.0
+    # Training only: the share of clips mirrored left-right (frames flipped before they are
+    # tokenized) with the two latent actions of mirror_actions trading places. The frozen LAM
+    # gives a mirrored clip the same code as the original 90% of the time on CoinRun, and the
+    # random agent scrolls the scene right more often than left, so without this the action
+    # mapped to "left" never learns to scroll left (docs/design.md). Needs a frozen LAM.
+    hflip_prob: float = 0.0
+    mirror_actions: Union[tuple[int, int], None] = None
     grad_checkpointing: bool = False
 
     def __post_init__(self):
         if not self.changed_token_weight > 0:
             raise ConfigError(f"changed_token_weight must be > 0 (1 is the plain mean), got {self.changed_token_weight}")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ConfigError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
+        if self.mirror_actions is not None:
+            a, b = self.mirror_actions
+            if a == b or not (0 <= a < self.num_actions and 0 <= b < self.num_actions):
+                raise ConfigError(f"mirror_actions must be two different actions in [0, {self.num_actions}), "
+                                  f"e.g. the action map's left and right, got {list(self.mirror_actions)}")
 
 
 @dataclass

@@ -74,6 +74,8 @@ def test_motion_benchmark_measures_the_data_and_a_lam(coinrun_dir, tmp_path):
             for part in line.split(";"):
                 assert abs(sum(float(x) for x in part.split()[-5::2]) - 1) < 0.02  # each axis's shares
     assert sum("LAM: next-frame PSNR" in line and "MI(code; horizontal sign)" in line for line in out) == 2
+    mirrored = [float(line.split("mirrored left-right ")[1]) for line in out if "LAM: next-frame PSNR" in line]
+    assert len(mirrored) == 2 and all(0 <= m <= 1 for m in mirrored)
     tok_lines = [line for line in out if line.startswith(f"  tokenizer {tmp_path / 'tok.pt'}")]
     assert len(tok_lines) == 2  # one per stride
     # The pairs of stride 3 scroll (a random agent drifts), so the share is read.

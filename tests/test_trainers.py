@@ -434,3 +434,39 @@ def test_init_from_starts_a_new_run_from_trained_weights_and_refuses_a_misfit(tm
                                 "--init_from", str(trained["lam"])))
     with pytest.raises(CheckpointError, match="holds a tokenizer model, but a lam checkpoint"):
         train_lam.main(args_for(parser, cfg_path, coinrun_dir, tmp_path / "k", "--init_from", str(trained["tokenizer"])))
+
+
+def test_hflip_mirrors_clips_and_swaps_the_mirrored_actions_in_the_dynamics_loss(tmp_path, trained, coinrun_dir):
+    tok, lam = load_model(trained["tokenizer"], "tokenizer"), load_model(trained["lam"], "lam")
+    cfg = yaml.safe_load(micro_config(tmp_path, "dynamics", steps=1).read_text())
+    cfg["model"].update(hflip_prob=1.0, mirror_actions=[0, 3], mask_rate_min=0.9)
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
+    mirrored = train_dynamics.make_task(load_config(tmp_path / "m.yaml"), tok, lam)
+    frames = _val_batch(coinrun_dir)
+    actions = lam.infer_actions(frames)
+    swapped = torch.where(actions == 0, 3, torch.where(actions == 3, 0, actions))
+    assert not torch.equal(frames, frames.flip(-1)) and not torch.equal(actions, swapped)
+    torch.manual_seed(5)
+    out = mirrored.loss(mirrored.model, {"frames": frames})
+    torch.manual_seed(5)
+    torch.rand(frames.shape[0])  # the draw that picked the clips to mirror (all of them at prob 1)
+    ref = mirrored.model(tok.encode(frames.flip(-1)), swapped)
+    assert torch.equal(out["mask"], ref["mask"]) and torch.allclose(out["loss"], ref["loss"])
+
+    # A share of clips: some mirrored, some as recorded, the labels following the frames.
+    torch.manual_seed(0)
+    many = frames.repeat(8, 1, 1, 1, 1)
+    got, got_actions = train_dynamics.mirror_clips(many, actions.repeat(8, 1), 0.5, (0, 3))
+    flipped = torch.tensor([torch.equal(g, f.flip(-1)) for g, f in zip(got, many)])
+    assert 0 < flipped.sum() < len(many)
+    assert torch.equal(got_actions[flipped], swapped.repeat(8, 1)[flipped])
+    assert torch.equal(got[~flipped], many[~flipped]) and torch.equal(got_actions[~flipped], actions.repeat(8, 1)[~flipped])
+
+    with pytest.raises(TrainingError, match="cannot be used with --cotrain_lam"):
+        train_dynamics.make_task(load_config(tmp_path / "m.yaml"), tok, lam, cotrain=True)
+    for bad, msg in (({"hflip_prob": 1.5}, "hflip_prob must be in"), ({"mirror_actions": [2, 2]}, "two different"),
+                     ({"mirror_actions": [0, 4]}, "two different")):
+        cfg["model"].update({"hflip_prob": 0.5, "mirror_actions": [0, 3], **bad})
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ValueError, match=msg):
+            load_config(tmp_path / "bad.yaml")

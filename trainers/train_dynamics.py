@@ -82,6 +82,22 @@ def code_pixel_means(tokenizer, clips: list[torch.Tensor], batch: int = 16) -> t
     return means.float()
 
 
+def mirror_clips(frames: torch.Tensor, actions: torch.Tensor, prob: float,
+                 pair: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip a random share ``prob`` of the clips ``frames`` (B, T, C, H, W) left-right and swap
+    the two latent actions of ``pair`` in their ``actions`` (B, T-1); the draw comes from the
+    torch RNG (kept in checkpoints, so a resumed run mirrors the same clips)."""
+    if prob <= 0:
+        return frames, actions
+    flip = torch.rand(frames.shape[0], device=frames.device) < prob
+    frames = torch.where(flip[:, None, None, None, None], frames.flip(-1), frames)
+    if pair is not None:
+        a, b = pair
+        swapped = torch.where(actions == a, b, torch.where(actions == b, a, actions))
+        actions = torch.where(flip[:, None], swapped, actions)
+    return frames, actions
+
+
 def _frozen(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
@@ -92,6 +108,9 @@ def _frozen(model: nn.Module) -> nn.Module:
 def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage: StageConfig | None = None,
               code_pixels: torch.Tensor | None = None) -> Task:
     """``code_pixels``: the codes' mean pixel patches, required when the config sets ``token_pixels``."""
+    if cotrain and cfg.model.hflip_prob > 0:
+        raise TrainingError("hflip_prob mirrors clips with the frozen LAM's actions; it cannot be used with "
+                            "--cotrain_lam. Set model.hflip_prob: 0 or train with a frozen LAM.")
     torch.manual_seed(cfg.train.seed)
     dyn = DynamicsModel(cfg.model)
     if cfg.model.token_pixels:
@@ -115,10 +134,11 @@ def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage
 
     def loss(m, batch):
         frames = batch["frames"]
-        tokens = encode(frames)
         if cotrain:
-            return m(frames, tokens, batch.get("rewards"), batch.get("dones"))
-        return m(tokens, actions_of(frames), batch.get("rewards"), batch.get("dones"))
+            return m(frames, encode(frames), batch.get("rewards"), batch.get("dones"))
+        # The LAM labels the clip as recorded; a mirrored clip takes the mirrored labels.
+        frames, actions = mirror_clips(frames, actions_of(frames), cfg.model.hflip_prob, cfg.model.mirror_actions)
+        return m(encode(frames), actions, batch.get("rewards"), batch.get("dones"))
 
     def validate(m, batch):
         frames = batch["frames"]
