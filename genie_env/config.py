@@ -138,10 +138,11 @@ class DynamicsConfig:
     # predicts in the data's units.
     reward_scale: float = 1.0
     # Training only: the share of clips mirrored left-right (frames flipped before they are
-    # tokenized) with the two latent actions of mirror_actions trading places. The frozen LAM
-    # gives a mirrored clip the same code as the original 90% of the time on CoinRun, and the
-    # random agent scrolls the scene right more often than left, so without this the action
-    # mapped to "left" never learns to scroll left (docs/design.md). Needs a frozen LAM.
+    # tokenized) with the two latent actions of mirror_actions (the key map's left and right)
+    # trading places. The candidates' LAM gives a mirrored CoinRun pair the same code 91% of the
+    # time, so mirroring with its own labels would teach no direction. Measured once (candidate
+    # 10, docs/design.md): it evened out the two directions one step from the real past but did
+    # not make the held arrow keys scroll. Needs a frozen LAM.
     hflip_prob: float = 0.0
     mirror_actions: Union[tuple[int, int], None] = None
     grad_checkpointing: bool = False
