@@ -15,6 +15,10 @@ For pairs (frame t, frame t + stride) of held-out episodes it prints, per stride
   the true action, the motion, and the horizontal motion alone, and the share of pairs whose code
   stays the same when both frames are mirrored left-right (a LAM that tells left from right
   changes the code of a pair that scrolls; one that does not is blind to the direction);
+- with ``--lam``, once: the information its codes carry about the true actions on the sample
+  ``genie-env eval`` labels (``--eval_clips`` clips of ``--eval_clip_len`` frames drawn by the
+  same seed from all episodes of the folder), so a LAM alone gets the figure issue 9's goal and
+  README's table quote, without a world to roll out;
 - with ``--tokenizers``: each tokenizer's reconstruction PSNR of the pairs (pooled, each pair
   tokenized as a two-frame clip) and, of the pairs that scroll sideways, the share whose
   reconstructions scroll by the same number of pixels: a scroll the tokenizer loses is one no
@@ -32,7 +36,7 @@ import torch
 
 from genie_env.checkpoint import load_model
 from genie_env.data.h5 import ClipDataset
-from genie_env.evaluate import action_agreement
+from genie_env.evaluate import action_agreement, clip_sample, latent_and_true_actions
 from genie_env.metrics import frame_shifts, horizontal_scrolls
 
 
@@ -61,11 +65,18 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=1500)
     p.add_argument("--max_shift", type=int, default=6, help="largest shift searched, in pixels, each axis")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval_clips", type=int, default=256, help="clips of eval's LAM sample (its --action_clips)")
+    p.add_argument("--eval_clip_len", type=int, default=8, help="their length (eval: the dynamics model's window)")
     args = p.parse_args()
     torch.set_num_threads(1)
     lam = load_model(args.lam, "lam").eval() if args.lam else None
     tokenizers = [(path, load_model(path, "tokenizer").eval()) for path in args.tokenizers]
     m = args.max_shift
+    if lam is not None:
+        ds, idx = clip_sample(args.data_dir, args.eval_clip_len, lam.cfg.image_size, None, None, args.eval_clips, args.seed)
+        latent, true = latent_and_true_actions(lam, ds, idx, 64, "cpu")
+        print(f"eval's LAM sample, {len(idx)} clips of {args.eval_clip_len} frames ({len(latent)} transitions): "
+              f"MI(code; true action) {mi(latent, true)} bits")
     for stride in args.strides:
         ds = ClipDataset(args.data_dir, clip_len=stride + 1)
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:args.pairs].tolist()

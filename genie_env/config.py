@@ -95,7 +95,20 @@ class LAMConfig:
     dead_code_steps: int = 100
     kmeans_init: bool = True
     residual_decoder: bool = False
+    # Weight of an auxiliary loss (0: off, the paper's LAM) that asks each quantised action which
+    # way the whole scene moved between its two frames: the sign of the best global shift of
+    # at most motion_max_shift pixels per axis, 3 x 3 classes, computed from the pixels (no
+    # action labels). CoinRun's 8-code LAMs learned jumps and falls but not left from right
+    # (a mirrored pair keeps its code 91% of the time), so no arrow key could scroll the world.
+    motion_weight: float = 0.0
+    motion_max_shift: int = 3
     grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        if not self.motion_weight >= 0:
+            raise ConfigError(f"motion_weight must be >= 0 (0: off), got {self.motion_weight}")
+        if self.motion_max_shift < 1:
+            raise ConfigError(f"motion_max_shift must be at least 1 pixel, got {self.motion_max_shift}")
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from genie_env.models.tokenizer import patchify, unpatchify
 from genie_env.nn.vq import PatchCodebook
@@ -91,18 +90,24 @@ def decode_long(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
     return torch.stack([tokenizer.decode_step(tokens[:, t], cache) for t in range(tokens.shape[1])], dim=1)
 
 
-def frame_shifts(prev: np.ndarray, obs: np.ndarray, max_dx: int, max_dy: int = 0) -> np.ndarray:
-    """The global motion from ``prev`` to ``obs`` (N, H, W, C): for each pair, the integer shift
+def global_shifts(prev: torch.Tensor, obs: torch.Tensor, max_dx: int, max_dy: int = 0) -> torch.Tensor:
+    """The global motion from ``prev`` to ``obs`` (..., C, H, W): for each pair, the integer shift
     (dy, dx) with ``obs[y, x] ~ prev[y + dy, x + dx]`` (the scene moved up by dy and left by dx
     pixels) that gives the least mean absolute difference over the overlap, in
-    [-max_dy, max_dy] x [-max_dx, max_dx]; ties go to the first in (dy, dx) order. -> (N, 2) int."""
-    a, b = prev.astype(np.float32), obs.astype(np.float32)
-    h, w = a.shape[1:3]
+    [-max_dy, max_dy] x [-max_dx, max_dx]; ties go to the first in (dy, dx) order. -> (..., 2) int64."""
+    a, b = prev.detach().float(), obs.detach().float()
+    h, w = a.shape[-2:]
     shifts = [(dy, dx) for dy in range(-max_dy, max_dy + 1) for dx in range(-max_dx, max_dx + 1)]
-    errs = np.stack([np.abs(a[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
-                            - b[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]).mean(axis=(1, 2, 3))
-                     for dy, dx in shifts], axis=1)
-    return np.array(shifts, dtype=np.int64)[errs.argmin(axis=1)]
+    errs = torch.stack([(a[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
+                         - b[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]).abs().mean(dim=(-3, -2, -1))
+                        for dy, dx in shifts], dim=-1)
+    return torch.tensor(shifts, dtype=torch.int64, device=errs.device)[errs.argmin(dim=-1)]
+
+
+def frame_shifts(prev: np.ndarray, obs: np.ndarray, max_dx: int, max_dy: int = 0) -> np.ndarray:
+    """:func:`global_shifts` of frames (N, H, W, C) as numpy arrays -> (N, 2) int."""
+    to_chw = lambda x: torch.from_numpy(np.ascontiguousarray(x)).movedim(-1, -3)  # noqa: E731
+    return global_shifts(to_chw(prev), to_chw(obs), max_dx, max_dy).numpy()
 
 
 def rightward_progress(prev: np.ndarray, action: int, obs: np.ndarray, max_shift: int = 4) -> float:
@@ -145,10 +150,8 @@ def patch_kmeans_reconstruct(train_frames: torch.Tensor, test_frames: torch.Tens
 def horizontal_scrolls(video: torch.Tensor, max_dx: int = 4) -> np.ndarray:
     """The sideways scroll (pixels the scene moved left, as :func:`rightward_progress` counts it)
     between each pair of consecutive frames of videos (B, T, C, H, W) in [0, 1] -> (B, T-1) int."""
-    b, t = video.shape[:2]
-    frames = rearrange(video.detach().float().cpu(), "b t c h w -> b t h w c").numpy()
-    prev, nxt = frames[:, :-1].reshape(-1, *frames.shape[2:]), frames[:, 1:].reshape(-1, *frames.shape[2:])
-    return frame_shifts(prev, nxt, max_dx)[:, 1].reshape(b, t - 1)
+    video = video.detach().float().cpu()
+    return global_shifts(video[:, :-1], video[:, 1:], max_dx)[..., 1].numpy()
 
 
 @torch.no_grad()

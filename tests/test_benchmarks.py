@@ -67,8 +67,11 @@ def test_motion_benchmark_measures_the_data_and_a_lam(coinrun_dir, tmp_path):
     save_checkpoint(tmp_path / "tok.pt", tok, StageConfig("tokenizer", tok.cfg))
     out = run("benchmarks/motion.py", "--data_dir", str(coinrun_dir), "--lam", str(tmp_path / "lam.pt"),
               "--tokenizers", str(tmp_path / "tok.pt"), "--strides", "1", "3", "--pairs", "40",
-              "--max_shift", "3").splitlines()
+              "--max_shift", "3", "--eval_clips", "10", "--eval_clip_len", "5").splitlines()
     assert [line.split(":")[0] for line in out if line.startswith("stride")] == ["stride 1", "stride 3"]
+    # eval's LAM sample, read once: 10 clips of 5 frames, 4 transitions each.
+    sample = [line for line in out if line.startswith("eval's LAM sample")]
+    assert len(sample) == 1 and "10 clips of 5 frames (40 transitions)" in sample[0] and "corrected" in sample[0]
     for line in out:
         if "moved left/still/right" in line:
             for part in line.split(";"):

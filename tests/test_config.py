@@ -31,6 +31,14 @@ def test_quantizer_choices_are_named(tmp_path):
         TokenizerConfig(quantizer="pq")
 
 
+def test_lam_motion_loss_settings_are_checked():
+    assert LAMConfig().motion_weight == 0.0  # the paper's LAM
+    with pytest.raises(ConfigError, match="motion_weight must be >= 0"):
+        LAMConfig(motion_weight=-0.1)
+    with pytest.raises(ConfigError, match="motion_max_shift must be at least 1 pixel"):
+        LAMConfig(motion_max_shift=0)
+
+
 def test_seed_sizes_match_the_issue():
     tok, lam, dyn = TokenizerConfig(), LAMConfig(), DynamicsConfig()
     assert (tok.patch_size, tok.num_codes, tok.code_dim, tok.enc_layers, tok.enc_dim, tok.dec_layers,

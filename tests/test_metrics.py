@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from genie_env.metrics import (colour_histograms, decode_long, encode_long, first_pass_tokens, frame_shifts,
+from genie_env.metrics import (colour_histograms, decode_long, encode_long, first_pass_tokens, frame_shifts, global_shifts,
                                horizontal_scrolls, scrolls_beside, nearest_histogram_distance, one_step_predictions,
                                patch_kmeans_reconstruct, psnr, rightward_progress)
 from genie_env.models import DynamicsModel, LatentActionModel, VideoTokenizer
@@ -25,6 +25,9 @@ def test_frame_shifts_finds_each_pairs_two_dimensional_motion():
     obs = np.stack([view(12, 10), view(10, 7), view(8, 11), view(10, 10)])  # camera down, left, up+right, still
     assert frame_shifts(prev, obs, max_dx=4, max_dy=4).tolist() == [[2, 0], [0, -3], [-2, 1], [0, 0]]
     assert frame_shifts(prev[1:4:2], obs[1:4:2], max_dx=4).tolist() == [[0, -3], [0, 0]]  # horizontal only
+    # The torch form takes channels-first frames with any leading axes: (2, 2, C, H, W) -> (2, 2, 2).
+    chw = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).reshape(2, 2, 3, 16, 16)  # noqa: E731
+    assert global_shifts(chw(prev), chw(obs), max_dx=4, max_dy=4).tolist() == [[[2, 0], [0, -3]], [[-2, 1], [0, 0]]]
 
 
 def test_horizontal_scrolls_of_each_consecutive_pair_of_each_video():

@@ -221,6 +221,50 @@ def test_tiny_lam_overfits_and_uses_several_actions(residual):
     assert fitted(lam)
 
 
+def _scrolled_pairs(frames: torch.Tensor, pixels: int = 1) -> torch.Tensor:
+    """Two-frame clips (3N, 2, C, H, W) of frames (N, C, H, W): the scene moved left, right, and not at all."""
+    return torch.cat([torch.stack([frames, frames.roll(s, dims=-1)], dim=1) for s in (-pixels, pixels, 0)])
+
+
+def test_lam_motion_classes_name_the_way_real_coinrun_scenes_moved(coinrun_clips):
+    frames = coinrun_clips[:, 0]
+    lam = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=2, motion_weight=1.0))
+    n = len(frames)
+    # 3 * (vertical sign + 1) + (horizontal sign + 1), the scene moving up / left counting +1.
+    assert lam.motion_classes(_scrolled_pairs(frames))[:, 0].tolist() == [5] * n + [3] * n + [4] * n
+    up = torch.stack([frames, frames.roll(-2, dims=-2)], dim=1)
+    assert lam.motion_classes(up)[:, 0].tolist() == [7] * n
+
+
+def test_lam_motion_loss_is_added_with_its_weight_and_reaches_the_encoder(coinrun_clips):
+    torch.manual_seed(0)
+    pairs = _scrolled_pairs(coinrun_clips[:2, 0])
+    lam = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=2, motion_weight=0.5))
+    out = lam(pairs)
+    torch.testing.assert_close(out["loss"], out["recon_loss"] + out["vq_loss"] + 0.5 * out["motion_loss"])
+    out["motion_loss"].backward()
+    assert lam.enc_in.weight.grad.abs().sum() > 0  # through the straight-through code
+    # A longer clip is read pair by pair; its motion terms are the pairs' mean, like the others.
+    clip = coinrun_clips[:1, :3]
+    whole, parts = lam.eval()(clip), [lam(clip[:, t:t + 2]) for t in (0, 1)]
+    for key in ("loss", "motion_loss", "motion_acc"):
+        torch.testing.assert_close(whole[key], (parts[0][key] + parts[1][key]) / 2)
+    plain = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=2))
+    assert plain.motion_head is None and "motion_loss" not in plain(pairs)
+
+
+def test_motion_loss_teaches_a_tiny_lam_which_way_real_coinrun_frames_scrolled(coinrun_clips):
+    torch.manual_seed(0)
+    pairs = _scrolled_pairs(coinrun_clips[:2].flatten(0, 1))  # 16 frames, each moved 1 pixel left, right, not
+    lam = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=2, residual_decoder=True, motion_weight=1.0))
+
+    def knows(m):
+        return m(pairs)["motion_acc"].item() >= 0.95
+    assert not knows(lam.eval())
+    _train(lam, lambda i: (pairs,), 1500, until=knows, every=25)
+    assert knows(lam)
+
+
 # ---- dynamics -------------------------------------------------------------------------------
 
 def test_dynamics_shapes_and_mask_rate_range():

@@ -11,6 +11,9 @@ frame from coarse patches barely beats copying it, so small motions such as Coin
 one-pixel scroll never pay for a code; docs/design.md); the tiny codebook is the bottleneck
 that forces the action to carry only what changes.
 At inference only the codebook matters: the dynamics model is conditioned on its indices.
+With ``motion_weight`` a linear head on each quantised action must also name which way the whole
+scene moved between its two frames (signs of the best global shift, read from the pixels): on
+CoinRun the plain codes told jumps from falls but not left from right (docs/design.md).
 
 A video longer than ``max_frames`` is read in windows of ``max_frames`` frames that overlap by
 one (a transition needs both its frames), so the LAM labels clips of any length; with
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genie_env.config import LAMConfig
+from genie_env.metrics import global_shifts
 from genie_env.models.tokenizer import check_video, patch_encoder, patchify, st_stack, unpatchify
 from genie_env.nn.st_transformer import init_weights
 from genie_env.nn.vq import VectorQuantizer, code_stats
@@ -46,6 +50,8 @@ class LatentActionModel(nn.Module):
         init_weights(self)
         if cfg.residual_decoder:  # start as "the next frame is this one"; the code must earn each change
             nn.init.zeros_(self.dec_out.weight)
+        # Reads the quantised action, so the 8 codes themselves must tell the directions apart.
+        self.motion_head = nn.Linear(cfg.action_dim, 9) if cfg.motion_weight > 0 else None
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         """Continuous actions (B, T-1, action_dim) from the change of the pooled encoder state."""
@@ -72,22 +78,38 @@ class LatentActionModel(nn.Module):
         w = self.cfg.max_frames
         return [slice(s, s + w) for s in range(0, num_frames - 1, w - 1)]
 
+    def motion_classes(self, video: torch.Tensor) -> torch.Tensor:
+        """The way the scene moved between consecutive frames of ``video`` (B, T, C, H, W), as
+        3 x 3 classes (B, T-1) int64: 3 * (vertical sign + 1) + (horizontal sign + 1), the signs
+        of the best global shift of at most ``motion_max_shift`` pixels (moved up / left: +1)."""
+        m = self.cfg.motion_max_shift
+        signs = global_shifts(video[:, :-1], video[:, 1:], m, m).sign() + 1  # (B, T-1, 2)
+        return signs[..., 0] * 3 + signs[..., 1]
+
     def _forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         z_q, actions, vq = self.vq(self._encode(video))
         recon = self.decode(video, z_q.to(video.dtype))
         recon_loss = F.mse_loss(recon.float(), video[:, 1:].float())
-        return {"loss": recon_loss + vq["loss"], "recon_loss": recon_loss, "vq_loss": vq["loss"],
-                "perplexity": vq["perplexity"], "usage": vq["usage"], "actions": actions,
-                "recon": recon.detach().clamp(0, 1)}
+        out = {"loss": recon_loss + vq["loss"], "recon_loss": recon_loss, "vq_loss": vq["loss"],
+               "perplexity": vq["perplexity"], "usage": vq["usage"], "actions": actions,
+               "recon": recon.detach().clamp(0, 1)}
+        if self.motion_head is not None:
+            logits = self.motion_head(z_q.float())  # (B, T-1, 9)
+            target = self.motion_classes(video)
+            out["motion_loss"] = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+            out["motion_acc"] = (logits.argmax(-1) == target).float().mean()
+            out["loss"] = out["loss"] + self.cfg.motion_weight * out["motion_loss"]
+        return out
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training pass: next-frame reconstruction + VQ loss over all T-1 transitions (in
+        """Training pass: next-frame reconstruction + VQ (+ motion) loss over all T-1 transitions (in
         windows when T exceeds ``max_frames``; losses are then averaged over transitions)."""
         if video.shape[1] <= self.cfg.max_frames:
             return self._forward(video)
         outs = [self._forward(video[:, w]) for w in self.windows(video.shape[1])]
         share = [o["actions"].shape[1] / (video.shape[1] - 1) for o in outs]
-        out = {k: sum(o[k] * s for o, s in zip(outs, share)) for k in ("loss", "recon_loss", "vq_loss")}
+        keys = ("loss", "recon_loss", "vq_loss") + (("motion_loss", "motion_acc") if self.motion_head is not None else ())
+        out = {k: sum(o[k] * s for o, s in zip(outs, share)) for k in keys}
         out["actions"] = torch.cat([o["actions"] for o in outs], dim=1)
         out["recon"] = torch.cat([o["recon"] for o in outs], dim=1)
         return {**out, **code_stats(out["actions"], self.cfg.num_actions)}
