@@ -18,10 +18,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # The subcommands import the flag helpers below, so they are imported once this module is whole.
     from genie_env import evaluate, filmstrip, generate, play
-    from genie_env.data import collect
+    from genie_env.data import collect, probes
     from trainers import export, pipeline
     for name, module, help_text in (
             ("collect", collect, "record episodes of a Procgen or Gymnasium env to H5 files"),
+            ("probes", probes, "record what the real game does when each arrow key is held, for eval's key check"),
             ("pipeline", pipeline, "collect CoinRun, train the three models, evaluate, write a video"),
             ("generate", generate, "write a video from a prompt image and latent actions"),
             ("play", play, "play a Genie world with the keyboard (pygame)"),

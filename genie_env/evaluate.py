@@ -29,7 +29,9 @@
   colours are from the closest real frame's (0 = a real frame's palette), against the same
   distance for real held-out frames;
 - with an arrow-key map (``action_map.json``), how often holding "right" (or "left") scrolls the
-  scene the way the key says;
+  scene the way the key says, and with key probes (``genie-env probes``, ``--key_probes``) the
+  same from real states, against what the real game did when the key was held there (from an
+  episode's first frame the real game never scrolls left: its agent starts against a wall);
 - a video: ground truth | rollout with inferred actions | rollout with random actions.
 
 PSNR and SSIM stand in for FVD, whose I3D weights cannot be downloaded here.
@@ -48,12 +50,13 @@ import torch.nn.functional as F
 from genie_env.checkpoint import load_model, load_model_and_config
 from genie_env.cli import check_positive
 from genie_env.data.h5 import ClipDataset
+from genie_env.data.probes import load_key_probes
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
 from genie_env.metrics import (colour_histograms, first_pass_tokens, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
                                one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout,
                                scrolls_beside)
-from genie_env.video import to_uint8_frames, write_video
+from genie_env.video import resize_frames, to_uint8_frames, write_video
 from genie_env.nn.vq import code_stats
 from genie_env.world import World
 
@@ -171,28 +174,54 @@ def drift(world: World, prompts: torch.Tensor, reference: torch.Tensor, real: to
 
 @torch.no_grad()
 def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps: int = 6,
-                    seeds: int = 4, seed: int = 0) -> dict:
+                    seeds: int = 4, seed: int = 0, real_scroll: dict | None = None, chunk: int = 64) -> dict:
     """How often holding the mapped "right" (or "left") latent action for ``steps`` steps scrolls
     the scene that way (total ``rightward_progress`` above 0 for right, below 0 for left): one
-    trial per prompt, direction and seed."""
+    trial per prompt, direction and seed, stepped ``chunk`` trials at a time.
+
+    ``real_scroll`` (key probes, :mod:`genie_env.data.probes`): for each direction, the real game's
+    total scroll (P,) when that key was held ``steps`` steps from each prompt. Then the check also
+    reports how often the real game scrolled each way, the share of those trials in which the world
+    did too (what a faithful world scores 1 on), and how often the world's scroll has the sign of
+    the real game's, a standstill included.
+    """
     rows = [(p, d, s) for p in range(prompts.shape[0]) for d in ("right", "left") for s in range(seeds)]
-    world_rows = World(world.tokenizer, world.dynamics, len(rows), world.device, world.maskgit_steps,
-                       world.temperature, world.dtype)
-    frames = world_rows.reset(prompts[[p for p, _, _ in rows]])
-    actions = torch.tensor([action_map[d] for _, d, _ in rows])
-    gens = [torch.Generator(device=world.device).manual_seed(seed + 1000 * s + p) for p, _, s in rows]
     scroll = np.zeros(len(rows))
-    prev = to_uint8_frames(frames)
-    for _ in range(steps):
-        obs = to_uint8_frames(world_rows.step(actions, generators=gens).frames)
-        scroll += frame_shifts(prev, obs, max_dx=4)[:, 1]  # rightward_progress of every row at once
-        prev = obs
-    sign = np.array([1 if d == "right" else -1 for _, d, _ in rows])
+    for lo in range(0, len(rows), chunk):
+        part = rows[lo:lo + chunk]
+        world_rows = World(world.tokenizer, world.dynamics, len(part), world.device, world.maskgit_steps,
+                           world.temperature, world.dtype)
+        prev = to_uint8_frames(world_rows.reset(prompts[[p for p, _, _ in part]]))
+        actions = torch.tensor([action_map[d] for _, d, _ in part])
+        gens = [torch.Generator(device=world.device).manual_seed(seed + 1000 * s + p) for p, _, s in part]
+        for _ in range(steps):
+            obs = to_uint8_frames(world_rows.step(actions, generators=gens).frames)
+            scroll[lo:lo + len(part)] += frame_shifts(prev, obs, max_dx=4)[:, 1]  # rightward_progress
+            prev = obs
+    real = None if real_scroll is None else np.array([real_scroll[d][p] for p, d, _ in rows], dtype=float)
+    return score_directions(scroll, [d for _, d, _ in rows], real)
+
+
+def score_directions(scroll: np.ndarray, directions: list[str], real: np.ndarray | None = None) -> dict:
+    """The arrow-key figures of trials that held ``directions`` ("right"/"left") and scrolled the
+    world's scene ``scroll`` pixels rightward in all, beside the real game's ``real`` scroll of
+    each trial when known (see :func:`direction_check`)."""
+    right = np.array([d == "right" for d in directions])
+    sign = np.where(right, 1, -1)
     correct = scroll * sign > 0
-    right = np.array([d == "right" for _, d, _ in rows])
-    return {"arrow keys: right scrolls right (fraction)": float(correct[right].mean()),
-            "arrow keys: left scrolls left (fraction)": float(correct[~right].mean()),
-            "arrow keys: trials": len(rows)}
+    out = {"arrow keys: right scrolls right (fraction)": float(correct[right].mean()),
+           "arrow keys: left scrolls left (fraction)": float(correct[~right].mean()),
+           "arrow keys: trials": len(directions)}
+    if real is not None:
+        for name, mask in (("right", right), ("left", ~right)):
+            real_did = mask & (real * sign > 0)
+            out[f"arrow keys: the real game's {name} scrolls {name} (fraction)"] = float(real_did.sum() / mask.sum())
+            if real_did.any():
+                out[f"arrow keys: {name} scrolls {name} where the real game's did (fraction)"] = \
+                    float(correct[real_did].mean())
+        out["arrow keys: scroll has the real game's sign, standstills too (fraction)"] = \
+            float((np.sign(scroll) == np.sign(real)).mean())
+    return out
 
 
 @torch.no_grad()
@@ -200,7 +229,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
                    clip_len: int | None = None, split: str | None = "val", seed: int = 0, batch: int = 16,
                    video_name: str = "side_by_side.mp4", horizon: int = 32, long_steps: int = 500,
                    baseline_data=None, action_map: dict | None = None, data_config=None,
-                   action_clips: int = 256) -> dict:
+                   action_clips: int = 256, key_probes: dict | None = None) -> dict:
     """The numbers listed in the module docstring, on ``num_clips`` clips of ``split`` episodes.
 
     ``baseline_data``: H5 episodes (not the evaluated ones) to fit the k-means baseline and to
@@ -334,6 +363,8 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         results.update(drift(world, prompts, reference, real, long_steps, seed))
     if action_map is not None and {"left", "right"} <= set(action_map):
         results.update(direction_check(world, prompts, action_map, seed=seed))
+        if key_probes is not None:
+            results.update(probe_check(world, key_probes, action_map, seed))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -342,14 +373,28 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     return results
 
 
+def probe_check(world: World, probes: dict, action_map: dict, seed: int = 0, seeds: int = 2) -> dict:
+    """:func:`direction_check` from the key probes' prompts, ``seeds`` trials per probe and key,
+    against the real game's scroll there (keys prefixed "arrow keys on key probes")."""
+    missing = {"right", "left"} - set(probes["keys"])
+    if missing:
+        raise ValueError(f"the key probes lack the keys {sorted(missing)}; write them with genie-env probes")
+    prompts = torch.from_numpy(probes["prompts"]).permute(0, 3, 1, 2).float().div(255)
+    prompts = resize_frames(prompts, world.tokenizer.cfg.image_size).to(world.device)
+    real = {k: probes["scroll"][:, i] for i, k in enumerate(probes["keys"])}
+    out = direction_check(world, prompts, action_map, probes["steps"], seeds, seed, real_scroll=real)
+    return {k.replace("arrow keys", "arrow keys on key probes", 1): v for k, v in out.items()}
+
+
 def format_table(results: dict) -> str:
-    lines = [f"{'metric':<52} value"]
+    width = max([52, *map(len, results)])
+    lines = [f"{'metric':<{width}} value"]
     for k, v in results.items():
         if isinstance(v, float):
             v = f"{v:.3f}"
         elif isinstance(v, list):
             v = " ".join(f"{x:.1f}" for x in v)
-        lines.append(f"{k:<52} {v}")
+        lines.append(f"{k:<{width}} {v}")
     return "\n".join(lines)
 
 
@@ -374,6 +419,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--action_map", default=None,
                    help="action_map.json for the arrow-key check (default: the one beside the dynamics "
                         "checkpoint, or the bundled one)")
+    p.add_argument("--key_probes", default=None,
+                   help="an H5 file of key probes (genie-env probes): also score the arrow keys from those real "
+                        "states against what the real game did there")
     p.add_argument("--action_clips", type=int, default=256,
                    help="clips whose transitions give the LAM's perplexity and agreement with the true actions")
     p.add_argument("--commit_noise", type=float, default=None,
@@ -420,9 +468,13 @@ def run(args: argparse.Namespace) -> int:
     override_sampler(dyn, sampler)
     amap = (json.loads(Path(args.action_map).read_text()) if args.action_map
             else load_action_map(args.dynamics_path))
+    probes = load_key_probes(args.key_probes) if args.key_probes else None
+    if probes is not None and amap is None:
+        raise ValueError("--key_probes needs an arrow-key map: give --action_map or a dynamics checkpoint with "
+                         "action_map.json beside it (genie-env export writes one)")
     results = evaluate_world(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,
                              None if args.split == "all" else args.split, args.seed, horizon=args.horizon,
                              long_steps=args.long_steps, baseline_data=args.baseline_data, action_map=amap,
-                             data_config=dyn_stage.data, action_clips=args.action_clips)
+                             data_config=dyn_stage.data, action_clips=args.action_clips, key_probes=probes)
     print(format_table(results))
     return 0

@@ -27,6 +27,13 @@ def coinrun_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def key_probes(tmp_path_factory):
+    """Four key probes of CoinRun levels (genie-env probes): real states and each key held 6 steps."""
+    from genie_env.data.probes import collect_key_probes
+    return collect_key_probes(tmp_path_factory.mktemp("probes") / "probes.h5", num_probes=4, seed=2000)
+
+
+@pytest.fixture(scope="session")
 def coinrun_clips(coinrun_dir):
     """Four 8-frame CoinRun clips (4, 8, 3, 64, 64) in [0, 1]."""
     from genie_env.data.h5 import ClipDataset

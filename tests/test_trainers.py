@@ -289,10 +289,14 @@ def test_cotraining_keeps_both_models(tmp_path, trained, coinrun_dir):
     assert changed, "co-training did not update the LAM"
 
 
-def test_export_packages_a_playable_world(trained, coinrun_dir, tmp_path):
+def test_export_packages_a_playable_world(trained, coinrun_dir, key_probes, tmp_path):
     import json
 
     import gymnasium as gym
+    from PIL import Image
+
+    from genie_env.data.probes import load_key_probes
+    from genie_env.video import resize_frames
 
     from genie_env.cli import main as cli
     out = tmp_path / "assets"
@@ -312,6 +316,18 @@ def test_export_packages_a_playable_world(trained, coinrun_dir, tmp_path):
                    prompt=out / "prompts", device="cpu")
     obs, _ = env.reset(seed=0)
     assert env.step(1)[0].shape == obs.shape == (32, 32, 3)
+
+    # Prompts from key probes instead: the real states in which both arrow keys moved the scene.
+    assert cli(["export", "--run", str(trained["out"]), "--data_dir", str(coinrun_dir), "--out", str(out),
+                "--key_probes", str(key_probes)]) == 0
+    probes = load_key_probes(key_probes)
+    both = (probes["scroll"][:, 0] > 0) & (probes["scroll"][:, 1] < 0)
+    assert 0 < both.sum() < 4  # the fixture's probes hold both kinds
+    pngs = sorted((out / "prompts").glob("*.png"))
+    assert len(pngs) == both.sum()
+    expected = resize_frames(torch.from_numpy(probes["prompts"][both]).permute(0, 3, 1, 2).float() / 255, (32, 32))
+    got = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255 for p in pngs])
+    assert (got - expected).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_tensorboard_gets_throughput_and_peak_memory(trained):

@@ -17,14 +17,13 @@ import torch
 from PIL import Image
 
 from genie_env.checkpoint import load_checkpoint, load_model, load_model_and_config, save_checkpoint
+from genie_env.data.collect import PROCGEN_COMBOS
 from genie_env.data.h5 import ClipDataset
-from genie_env.video import to_uint8
+from genie_env.data.probes import load_key_probes
+from genie_env.video import resize_frames, to_uint8
 
 log = logging.getLogger("genie_env.export")
 
-# Procgen's 15 actions are these key combinations (procgen's own list, in order).
-PROCGEN_COMBOS = [("LEFT", "DOWN"), ("LEFT",), ("LEFT", "UP"), ("DOWN",), (), ("UP",), ("RIGHT", "DOWN"),
-                  ("RIGHT",), ("RIGHT", "UP"), ("D",), ("A",), ("W",), ("S",), ("Q",), ("E",)]
 DIRECTIONS = {"left": "LEFT", "right": "RIGHT", "up": "UP", "down": "DOWN"}
 
 
@@ -64,11 +63,37 @@ def procgen_action_map(lam, data_dir, clip_len: int, max_clips: int = 400) -> di
             "transitions": int(len(latent))}
 
 
+def episode_starts(data_dir, image_size, data_cfg, num: int) -> list[torch.Tensor]:
+    """Each held-out episode's first frame (3, H, W), up to ``num``: starts a player has not seen in
+    training."""
+    val = ClipDataset(data_dir, clip_len=1, image_size=image_size, split="val",
+                      val_fraction=data_cfg.val_fraction, seed=data_cfg.seed)
+    starts = {a for _, a, _ in val.episodes}
+    return [val[i]["frames"][0] for i, (_, s) in enumerate(val.index) if s in starts][:num]
+
+
+def probe_prompts(path, image_size, num: int) -> list[torch.Tensor]:
+    """The prompts (3, H, W) of the key probes in which the real game scrolled right under "right"
+    and left under "left", up to ``num``: states from which both arrow keys can move the scene."""
+    probes = load_key_probes(path)
+    right, left = (probes["scroll"][:, probes["keys"].index(k)] for k in ("right", "left"))
+    both = np.flatnonzero((right > 0) & (left < 0))[:num]
+    if len(both) == 0:
+        raise ValueError(f"{path}: in none of its {len(right)} probes did both keys scroll the real game; "
+                         f"record more with genie-env probes --probes N")
+    frames = torch.from_numpy(probes["prompts"][both]).permute(0, 3, 1, 2).float().div(255)
+    return list(resize_frames(frames, image_size))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="a pipeline's --out_dir holding tokenizer/, lam/, dynamics/")
     p.add_argument("--data_dir", required=True, help="the H5 episodes it was trained on")
     p.add_argument("--out", required=True, help="where to write tokenizer.pt, lam.pt, dynamics.pt, prompts/")
     p.add_argument("--num_prompts", type=int, default=8)
+    p.add_argument("--key_probes", default=None,
+                   help="key probes (genie-env probes): take the prompts from the probes in which both the "
+                        "real game's right and left keys scrolled the scene their way, instead of held-out "
+                        "episodes' first frames (where CoinRun's left key cannot move)")
 
 
 def weights_only(src: str | Path, dst: str | Path, kind: str | None = None):
@@ -88,18 +113,14 @@ def run(args: argparse.Namespace) -> int:
         sizes[kind], stage = weights_only(src, out / f"{kind}.pt", kind)
     dyn_stage = stage
     image_size = load_model(out / "tokenizer.pt").cfg.image_size
-    val = ClipDataset(args.data_dir, clip_len=1, image_size=image_size, split="val",
-                      val_fraction=dyn_stage.data.val_fraction, seed=dyn_stage.data.seed)
-    # Each held-out episode's first frame: a start a player has not seen in training.
-    starts = {a for _, a, _ in val.episodes}
-    picks = [i for i, (_, s) in enumerate(val.index) if s in starts][: args.num_prompts]
+    prompts = (probe_prompts(args.key_probes, image_size, args.num_prompts) if args.key_probes
+               else episode_starts(args.data_dir, image_size, dyn_stage.data, args.num_prompts))
     prompt_dir = out / "prompts"
     prompt_dir.mkdir(exist_ok=True)
     for old in prompt_dir.glob("*.png"):
         old.unlink()
-    for k, i in enumerate(picks):
-        frame = to_uint8(val[i]["frames"][0].permute(1, 2, 0).numpy())
-        Image.fromarray(frame).save(prompt_dir / f"prompt_{k:02d}.png")
+    for k, frame in enumerate(prompts):
+        Image.fromarray(to_uint8(frame.permute(1, 2, 0).numpy())).save(prompt_dir / f"prompt_{k:02d}.png")
     try:
         amap = procgen_action_map(load_model(out / "lam.pt", "lam"), args.data_dir, dyn_stage.data.clip_len)
         (out / "action_map.json").write_text(json.dumps(amap, indent=1))
@@ -109,5 +130,5 @@ def run(args: argparse.Namespace) -> int:
     if results.exists():
         (out / "results.json").write_text(results.read_text())
     log.info("exported %s (%.1f MB) and %d prompts to %s", json.dumps(sizes), sum(sizes.values()) / 2**20,
-             len(picks), out)
+             len(prompts), out)
     return 0

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 PROCGEN_GAMES = ("bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball",
                  "fruitbot", "heist", "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot")
+# Procgen's 15 actions are these key combinations (procgen's own list, in order).
+PROCGEN_COMBOS = [("LEFT", "DOWN"), ("LEFT",), ("LEFT", "UP"), ("DOWN",), (), ("UP",), ("RIGHT", "DOWN"),
+                  ("RIGHT",), ("RIGHT", "UP"), ("D",), ("A",), ("W",), ("S",), ("Q",), ("E",)]
 CHUNK_FRAMES = 16  # a 16-frame clip then decompresses about one chunk
 
 

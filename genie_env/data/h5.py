@@ -43,6 +43,17 @@ class H5DataError(ValueError):
     """An H5 file or data directory that cannot be read as Genie video."""
 
 
+def open_h5(path: Path, if_missing: str, if_unreadable: str) -> h5py.File:
+    """``path`` opened for reading, or an :class:`H5DataError` that says what is wrong and, from the
+    caller, how to fix it."""
+    if not path.is_file():
+        raise H5DataError(f"{path}: file not found. {if_missing}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise H5DataError(f"{path}: not a readable HDF5 file ({e}). {if_unreadable}") from e
+
+
 def find_h5_files(data_dir: str | Path) -> list[Path]:
     """The sorted ``.h5``/``.hdf5`` files in ``data_dir`` (or ``[data_dir]`` if it is one file).
 
@@ -115,13 +126,8 @@ class H5Episodes:
         """Check one file's frame layout and dtype, the optional arrays' shapes and lengths, and
         the episode bounds; read no frames."""
         path = Path(path)
-        if not path.is_file():
-            raise H5DataError(f"{path}: file not found. Check the path or record episodes with `genie-env collect`.")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            raise H5DataError(f"{path}: not a readable HDF5 file ({e}). Re-record it or remove it.") from e
-        with f:
+        with open_h5(path, "Check the path or record episodes with `genie-env collect`.",
+                     "Re-record it or remove it.") as f:
             key = next((k for k in FRAME_KEYS if k in f), None)
             if key is None:
                 raise H5DataError(f"{path}: key 'frames' missing; found {sorted(f.keys())}. {FORMAT_HINT}")
