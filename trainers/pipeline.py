@@ -1,20 +1,25 @@
 """The main job end to end: collect CoinRun, train tokenizer -> LAM -> dynamics, evaluate, write a video.
 
-``genie-env pipeline --preset tiny`` runs it on CPU in minutes. Each stage is the same code as
+``genie-env pipeline --preset tiny`` runs it on CPU in minutes. With CoinRun's true actions in
+the data it also maps the arrow keys to latent actions and scores them against the real game on
+key probes (:mod:`genie_env.data.probes`). Each stage is the same code as
 ``python -m trainers.train_<model>``; a stage whose checkpoint already reached its ``max_steps``
 is skipped, so an interrupted pipeline picks up where it stopped.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 from genie_env.checkpoint import load_model, load_model_and_config
 from genie_env.data.collect import collect_procgen
+from genie_env.data.probes import collect_key_probes, load_key_probes
 from genie_env.device import resolve_device
 from genie_env.evaluate import evaluate_world, format_table
 from trainers import train_dynamics, train_lam, train_tokenizer
+from trainers.export import procgen_action_map
 
 log = logging.getLogger("genie_env.pipeline")
 
@@ -37,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--max_steps", type=int, default=None, help="override every stage's max_steps (smoke runs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--key_probes", type=int, default=32,
+                   help="CoinRun key probes to score the arrow keys against the real game (genie-env probes; "
+                        "0: no key check, as for data of another game)")
 
 
 def _stage_args(parser: argparse.ArgumentParser, config: Path, args, extra: list[str] = ()) -> argparse.Namespace:
@@ -45,6 +53,24 @@ def _stage_args(parser: argparse.ArgumentParser, config: Path, args, extra: list
     if args.max_steps is not None:
         argv += ["--max_steps", str(args.max_steps)]
     return parser.parse_args(argv)
+
+
+def key_check_inputs(lam, args, clip_len: int, out: Path) -> tuple[dict | None, dict | None]:
+    """The arrow-key map (from the data's true CoinRun actions, written to ``out/action_map.json``)
+    and ``args.key_probes`` key probes (``out/key_probes.h5``, recorded once) for eval's key check;
+    (None, None) when they are not wanted or the data have no Procgen actions to map."""
+    if args.key_probes < 1:
+        return None, None
+    try:
+        action_map = procgen_action_map(lam, args.data_dir, clip_len)
+    except ValueError as e:
+        log.info("no arrow-key check: %s", e)
+        return None, None
+    (out / "action_map.json").write_text(json.dumps(action_map, indent=1))
+    path = out / "key_probes.h5"
+    if not path.exists() or len(load_key_probes(path)["prompts"]) != args.key_probes:
+        collect_key_probes(path, num_probes=args.key_probes, seed=args.seed + 2000)
+    return action_map, load_key_probes(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     tok, lam = load_model(tok_path, "tokenizer", dev), load_model(lam_path, "lam", dev)
     dyn, dyn_stage = load_model_and_config(dyn_path, "dynamics", dev)
+    action_map, probes = key_check_inputs(lam, args, dyn_stage.data.clip_len, out)
     results = evaluate_world(tok, lam, dyn, args.data_dir, out, num_clips=16, seed=args.seed,
-                             video_name="rollout.mp4", data_config=dyn_stage.data)
+                             video_name="rollout.mp4", data_config=dyn_stage.data, action_map=action_map,
+                             key_probes=probes)
     print("\n" + format_table(results))
     return 0
