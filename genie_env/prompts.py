@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from genie_env.data.h5 import H5Episodes
+from genie_env.data.probes import is_key_probes, load_key_probes
 from genie_env.video import check_pixel_range, resize_frames, to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -56,6 +57,8 @@ def _read_prompt_source(prompt, where: str) -> np.ndarray:
             raise ValueError(f"{path}: no images or H5 files to draw prompts from")
         return np.concatenate([_read_prompt_source(p, str(p)) for p in h5])
     if path.suffix in (".h5", ".hdf5"):
+        if is_key_probes(path):
+            return _as_frames(load_key_probes(path)["prompts"], str(path))
         meta = H5Episodes.open(path)
         with h5py.File(path, "r") as f:
             # Each episode's first frame: where a player would start.
@@ -69,7 +72,8 @@ def _read_prompt_source(prompt, where: str) -> np.ndarray:
 
 def load_prompts(prompt, image_size: tuple[int, int], where: str = "prompt") -> torch.Tensor:
     """Prompt frames (P, 3, H, W) in [0, 1] at ``image_size`` from an image path, a folder of images
-    or H5 files, an H5 file (each episode's first frame), or an array/tensor (H, W, C) / (P, H, W, C).
+    or H5 files, an H5 file (each episode's first frame, or a key probes file's prompts), or an
+    array/tensor (H, W, C) / (P, H, W, C).
 
     A frame of another size is resized when its aspect ratio is within 5% of the model's; any
     other shape is an error that names the size needed.

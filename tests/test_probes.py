@@ -79,3 +79,10 @@ def test_arrow_keys_are_scored_against_what_the_real_game_did():
     # no real trial scrolled left: no conditional figure to read, rather than a division by zero
     still = score_directions(world, directions, np.where(real < 0, 0, real))
     assert "arrow keys: left scrolls left where the real game's did (fraction)" not in still
+
+
+def test_a_probes_file_is_a_prompt_source(key_probes):
+    from genie_env.prompts import load_prompts
+    frames = load_prompts(key_probes, (64, 64))
+    np.testing.assert_array_equal((frames * 255).round().byte().permute(0, 2, 3, 1).numpy(),
+                                  load_key_probes(key_probes)["prompts"])

@@ -117,6 +117,15 @@ def collect_key_probes(out: str | Path, env_name: str = "coinrun", num_probes: i
     return path
 
 
+def is_key_probes(path: str | Path) -> bool:
+    """Whether ``path`` is a readable H5 file written by :func:`collect_key_probes`."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except OSError:
+        return False
+
+
 def load_key_probes(path: str | Path) -> dict:
     """A probes file as arrays: ``prompts`` (N, H, W, 3) uint8, ``frames`` (N, K, steps, H, W, 3),
     ``scroll`` (N, K), ``keys`` (K names) and ``steps``; a file of another kind or shape is refused
