@@ -86,3 +86,16 @@ def test_a_probes_file_is_a_prompt_source(key_probes):
     frames = load_prompts(key_probes, (64, 64))
     np.testing.assert_array_equal((frames * 255).round().byte().permute(0, 2, 3, 1).numpy(),
                                   load_key_probes(key_probes)["prompts"])
+
+
+def test_export_refuses_probes_where_no_key_moved_the_game(key_probes, tmp_path):
+    from trainers.export import probe_prompts
+    real = load_key_probes(key_probes)["scroll"]
+    both = int(((real[:, 0] > 0) & (real[:, 1] < 0)).sum())
+    assert both > 0 and len(probe_prompts(key_probes, (32, 32), 8)) == both
+    still = tmp_path / "still.h5"
+    still.write_bytes(key_probes.read_bytes())
+    with h5py.File(still, "a") as f:
+        f["scroll"][...] = 0
+    with pytest.raises(ValueError, match="in none of its 4 probes did both keys scroll"):
+        probe_prompts(still, (32, 32), 8)
