@@ -51,12 +51,13 @@ from genie_env.checkpoint import load_model, load_model_and_config
 from genie_env.cli import check_positive
 from genie_env.data.h5 import ClipDataset
 from genie_env.data.probes import load_key_probes
+from genie_env.prompts import load_prompts
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
 from genie_env.metrics import (colour_histograms, first_pass_tokens, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
                                one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout,
                                scrolls_beside)
-from genie_env.video import resize_frames, to_uint8_frames, write_video
+from genie_env.video import to_uint8_frames, write_video
 from genie_env.nn.vq import code_stats
 from genie_env.world import World
 
@@ -379,8 +380,7 @@ def probe_check(world: World, probes: dict, action_map: dict, seed: int = 0, see
     missing = {"right", "left"} - set(probes["keys"])
     if missing:
         raise ValueError(f"the key probes lack the keys {sorted(missing)}; write them with genie-env probes")
-    prompts = torch.from_numpy(probes["prompts"]).permute(0, 3, 1, 2).float().div(255)
-    prompts = resize_frames(prompts, world.tokenizer.cfg.image_size).to(world.device)
+    prompts = load_prompts(probes["prompts"], world.tokenizer.cfg.image_size, "key probes").to(world.device)
     real = {k: probes["scroll"][:, i] for i, k in enumerate(probes["keys"])}
     out = direction_check(world, prompts, action_map, probes["steps"], seeds, seed, real_scroll=real)
     return {k.replace("arrow keys", "arrow keys on key probes", 1): v for k, v in out.items()}

@@ -20,7 +20,8 @@ from genie_env.checkpoint import load_checkpoint, load_model, load_model_and_con
 from genie_env.data.collect import PROCGEN_COMBOS
 from genie_env.data.h5 import ClipDataset
 from genie_env.data.probes import load_key_probes
-from genie_env.video import resize_frames, to_uint8
+from genie_env.prompts import load_prompts
+from genie_env.video import to_uint8
 
 log = logging.getLogger("genie_env.export")
 
@@ -81,8 +82,7 @@ def probe_prompts(path, image_size, num: int) -> list[torch.Tensor]:
     if len(both) == 0:
         raise ValueError(f"{path}: in none of its {len(right)} probes did both keys scroll the real game; "
                          f"record more with genie-env probes --probes N")
-    frames = torch.from_numpy(probes["prompts"][both]).permute(0, 3, 1, 2).float().div(255)
-    return list(resize_frames(frames, image_size))
+    return list(load_prompts(probes["prompts"][both], image_size, str(path)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -68,9 +68,10 @@ def key_check_inputs(lam, args, clip_len: int, out: Path) -> tuple[dict | None, 
         return None, None
     (out / "action_map.json").write_text(json.dumps(action_map, indent=1))
     path = out / "key_probes.h5"
-    if not path.exists() or len(load_key_probes(path)["prompts"]) != args.key_probes:
-        collect_key_probes(path, num_probes=args.key_probes, seed=args.seed + 2000)
-    return action_map, load_key_probes(path)
+    probes = load_key_probes(path) if path.exists() else None
+    if probes is None or len(probes["prompts"]) != args.key_probes:
+        probes = load_key_probes(collect_key_probes(path, num_probes=args.key_probes, seed=args.seed + 2000))
+    return action_map, probes
 
 
 def run(args: argparse.Namespace) -> int:
