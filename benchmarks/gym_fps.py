@@ -30,9 +30,11 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="gym.make(..., compile=True): the warm-up steps then include compiling")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="then profile N steps")
+    p.add_argument("--action_guidance", type=float, default=None, help="default: the checkpoint's")
     args = p.parse_args()
     env = gym.make("Genie-v0", tokenizer_path=args.tokenizer_path, dynamics_path=args.dynamics_path,
-                   maskgit_steps=args.maskgit_steps, device=args.device, compile=args.compile)
+                   maskgit_steps=args.maskgit_steps, device=args.device, compile=args.compile,
+                   action_guidance=args.action_guidance)
     env.reset(seed=0)
     for _ in range(5):
         env.step(0)
@@ -41,8 +43,9 @@ def main() -> None:
         t = time.perf_counter()
         for _ in range(30):
             env.step(int(rng.integers(8)))
-        print(f"maskgit_steps {env.unwrapped.world.maskgit_steps}{' compiled' if args.compile else ''}: {30 / (time.perf_counter() - t):.1f} frames/s",
-              flush=True)
+        w = env.unwrapped.world
+        print(f"maskgit_steps {w.maskgit_steps}{' compiled' if args.compile else ''}, action guidance "
+              f"{w.action_guidance}: {30 / (time.perf_counter() - t):.1f} frames/s", flush=True)
     if args.profile:
         profile_steps(env, args.profile, rng)
 

@@ -33,11 +33,12 @@ def load_world_models(tokenizer_path=None, dynamics_path=None, device="cpu"):
 
 
 def make_world(tokenizer_path, dynamics_path, prompt, device, batch_size: int,
-               maskgit_steps: int | None, temperature: float | None, dtype="float32", compile: bool | str = False):
+               maskgit_steps: int | None, temperature: float | None, dtype="float32", compile: bool | str = False,
+               action_guidance: float | None = None):
     """(device, World, prompt frames) for an env: bundled model and prompts where left None."""
     dev = resolve_device(device)
     tok, dyn = load_world_models(tokenizer_path, dynamics_path, dev)
-    world = World(tok, dyn, batch_size, dev, maskgit_steps, temperature, dtype, compile)
+    world = World(tok, dyn, batch_size, dev, maskgit_steps, temperature, dtype, compile, action_guidance)
     prompts = load_prompts(prompt if prompt is not None else bundled_paths()["prompts"], world.image_size)
     return dev, world, prompts
 

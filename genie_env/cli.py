@@ -60,6 +60,9 @@ def add_world_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--maskgit_steps", type=int, default=None, help="default: the checkpoint's")
     p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--action_guidance", type=float, default=None,
+                   help="strengthen what the chosen action changes (0: off; > 0 costs a second pass; "
+                        "default: the checkpoint's)")
     p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (faster in batches, less exact)")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the per-frame steps (slow first steps); MODE e.g. reduce-overhead")

@@ -13,6 +13,7 @@ the wrong type raises :class:`ConfigError` naming the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -111,6 +112,11 @@ class LAMConfig:
             raise ConfigError(f"motion_max_shift must be at least 1 pixel, got {self.motion_max_shift}")
 
 
+def check_action_guidance(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"action_guidance must be a finite number >= 0 (0: off), got {value!r}")
+
+
 @dataclass
 class DynamicsConfig:
     """MaskGIT dynamics over tokenizer tokens, conditioned on latent actions (Genie §2.1)."""
@@ -135,6 +141,12 @@ class DynamicsConfig:
     # MaskGIT's annealed randomness in the commit order: Gumbel noise of this scale times
     # (1 - k/steps) is added to the log-confidence at pass k (0: commit by confidence alone).
     commit_noise: float = 0.0
+    # Inference only: action guidance g. Each MaskGIT pass also runs the frame under the mean of
+    # the latent action embeddings ("some action") and samples from
+    # (1 + g) log p(x | action) - g log p(x | mean action), which strengthens what the chosen
+    # action changes over what any action would; 0 is off (the paper's sampler), and g > 0 costs a
+    # second transformer pass per MaskGIT pass (docs/design.md).
+    action_guidance: float = 0.0
     # Cross-entropy weight of the masked tokens that differ from the same position's token in the
     # frame before (1: the paper's plain mean). Most tokens copy the frame before, so a plain
     # mean teaches copying; a weight above 1 pays more for the tokens that move (docs/design.md).
@@ -161,6 +173,7 @@ class DynamicsConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self):
+        check_action_guidance(self.action_guidance)
         if not self.changed_token_weight > 0:
             raise ConfigError(f"changed_token_weight must be > 0 (1 is the plain mean), got {self.changed_token_weight}")
         if not 0.0 <= self.hflip_prob <= 1.0:

@@ -20,6 +20,12 @@ Speed
     "reduce-overhead") runs each frame's transformer steps through ``torch.compile`` (seconds to
     compile at the first steps, faster after: see BENCHMARKS.md).
 
+Sampling
+    ``maskgit_steps``, ``temperature`` and ``action_guidance`` default to the checkpoint's.
+    ``action_guidance=g > 0`` samples from (1 + g) log p(x | action) - g log p(x | mean action):
+    the keys move the scene more often, frames are less exact, and a step runs each MaskGIT pass
+    on twice the rows (README, "Candidate worlds").
+
 info
     ``tokens`` (the frame's tokens, int64), ``context_length`` (frames in the model's window),
     and ``done_prob`` / ``learned_reward`` when the model has the heads.
@@ -82,11 +88,12 @@ class GenieEnv(gym.Env):
                  maskgit_steps: int | None = None, temperature: float | None = None,
                  max_episode_steps: int | None = None, render_mode: str | None = None,
                  reward_fn: Callable[[np.ndarray, int, np.ndarray], float] | None = None,
-                 dtype: str = "float32", compile: bool | str = False):
+                 dtype: str = "float32", compile: bool | str = False, action_guidance: float | None = None):
         check_episode_args(max_episode_steps, render_mode, self.metadata["render_modes"], reward_fn)
         self.render_mode = render_mode
         self.device, self.world, self.prompts = make_world(tokenizer_path, dynamics_path, prompt, device, 1,
-                                                           maskgit_steps, temperature, dtype, compile)
+                                                           maskgit_steps, temperature, dtype, compile,
+                                                           action_guidance)
         self.reward_fn = reward_fn
         self.max_episode_steps = max_episode_steps
         h, w = self.world.image_size

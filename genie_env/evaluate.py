@@ -191,7 +191,7 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
     for lo in range(0, len(rows), chunk):
         part = rows[lo:lo + chunk]
         world_rows = World(world.tokenizer, world.dynamics, len(part), world.device, world.maskgit_steps,
-                           world.temperature, world.dtype)
+                           world.temperature, world.dtype, action_guidance=world.action_guidance)
         prev = to_uint8_frames(world_rows.reset(prompts[[p for p, _, _ in part]]))
         actions = torch.tensor([action_map[d] for _, d, _ in part])
         gens = [torch.Generator(device=world.device).manual_seed(seed + 1000 * s + p) for p, _, s in part]
@@ -301,6 +301,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     results = {
         "clips": len(idx), "clip_len": clip_len, "split": split, "commit noise": float(dynamics.cfg.commit_noise),
         "temperature": float(dynamics.cfg.temperature), "MaskGIT steps": int(dynamics.cfg.maskgit_steps),
+        "action guidance": float(dynamics.cfg.action_guidance),
         "tokenizer PSNR (dB)": float(mean("tok_psnr")), "tokenizer SSIM": float(mean("tok_ssim")),
         **({"tokenizer PSNR, its pixel codes alone (dB)": float(mean("tok_codes_psnr"))} if "tok_codes_psnr" in sums else {}),
         "tokenizer codebook perplexity": float(code_stats(None, tokenizer.cfg.num_codes, token_counts.float())["perplexity"]),
@@ -431,12 +432,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maskgit_steps", type=int, default=None,
                    help="MaskGIT passes per frame for this evaluation (default: the checkpoint's): fewer passes "
                         "step faster; this shows what that costs")
+    p.add_argument("--action_guidance", type=float, default=None,
+                   help="action guidance for this evaluation (default: the checkpoint's; 0: off): each MaskGIT "
+                        "pass also runs the mean action and strengthens what the chosen one changes")
     p.add_argument("--dtype", default="float32",
                    help="precision of the tokenizer and dynamics model (float32, or bfloat16 to see what it costs)")
 
 
 # Sampler settings a command may override for one evaluation, and the least each may be.
-SAMPLER_MINIMUM = {"commit_noise": 0, "temperature": 0, "maskgit_steps": 1}
+SAMPLER_MINIMUM = {"commit_noise": 0, "temperature": 0, "maskgit_steps": 1, "action_guidance": 0}
 
 
 def check_sampler(sampler: dict) -> None:

@@ -95,6 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--action_guidance", type=float, default=None,
+                   help="action guidance of the action rows (default: the checkpoint's; 0: off)")
     p.add_argument("--out", default="filmstrip.png")
 
 
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, "frames", "scale")
     dev = resolve_device(args.device)
     tok, dyn = load_world_models(args.tokenizer_path, args.dynamics_path, dev)
-    world = World(tok, dyn, dyn.cfg.num_actions, dev)
+    world = World(tok, dyn, dyn.cfg.num_actions, dev, action_guidance=args.action_guidance)
     prompts = load_prompts(args.prompt if args.prompt is not None else bundled_paths()["prompts"],
                            world.image_size, args.prompt or "bundled prompts")
     if not 0 <= args.prompt_index < prompts.shape[0]:

@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_positive(args, "num_frames", "fps", "scale")
     dev, world, prompts = make_world(args.tokenizer_path, args.dynamics_path, args.prompt, args.device, 1,
-                                     args.maskgit_steps, args.temperature, args.dtype, args.compile)
+                                     args.maskgit_steps, args.temperature, args.dtype, args.compile,
+                                     args.action_guidance)
     actions = parse_actions(args.actions, world.num_actions)
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     frames = [world.reset(prompts[:1])]

@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, "scale", "fps")
     env = gym.make("Genie-v0", tokenizer_path=args.tokenizer_path, dynamics_path=args.dynamics_path,
                    prompt=args.prompt, device=args.device, maskgit_steps=args.maskgit_steps,
-                   temperature=args.temperature, dtype=args.dtype, compile=args.compile)
+                   temperature=args.temperature, dtype=args.dtype, compile=args.compile,
+                   action_guidance=args.action_guidance)
     if args.seed is not None:
         env.reset(seed=args.seed)
     stats = play(env, args.scale, args.record, args.fps, action_map=direction_map(args.dynamics_path))

@@ -35,7 +35,7 @@ class GenieVectorEnv(VectorEnv):
                  render_mode: str | None = None,
                  reward_fn: Callable[[np.ndarray, int, np.ndarray], float] | None = None,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-                 dtype: str = "float32", compile: bool | str = False):
+                 dtype: str = "float32", compile: bool | str = False, action_guidance: float | None = None):
         check_world_args(None, None, num_envs)
         check_episode_args(max_episode_steps, render_mode, self.metadata["render_modes"], reward_fn)
         self.num_envs = num_envs
@@ -43,7 +43,8 @@ class GenieVectorEnv(VectorEnv):
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.device, self.world, self.prompts = make_world(tokenizer_path, dynamics_path, prompt, device,
-                                                           num_envs, maskgit_steps, temperature, dtype, compile)
+                                                           num_envs, maskgit_steps, temperature, dtype, compile,
+                                                           action_guidance)
         self.reward_fn = reward_fn
         self.max_episode_steps = max_episode_steps
         h, w = self.world.image_size

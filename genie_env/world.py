@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from genie_env.config import ConfigError, check_action_guidance
 from genie_env.device import resolve_dtype
 from genie_env.models import DynamicsModel, VideoTokenizer
 
@@ -35,7 +36,7 @@ class StepResult:
     done_prob: torch.Tensor | None  # (k,) likewise
 
 
-def check_world_args(maskgit_steps, temperature, batch_size: int = 1) -> None:
+def check_world_args(maskgit_steps, temperature, batch_size: int = 1, action_guidance=None) -> None:
     """Refuse sampler settings no world can use, saying what is allowed (None: the checkpoint's)."""
     if maskgit_steps is not None and (isinstance(maskgit_steps, bool) or not isinstance(maskgit_steps, (int, np.integer))
                                       or maskgit_steps < 1):
@@ -46,6 +47,11 @@ def check_world_args(maskgit_steps, temperature, batch_size: int = 1) -> None:
                          f"got {temperature!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"the number of worlds must be an integer >= 1, got {batch_size!r}")
+    if action_guidance is not None:
+        try:
+            check_action_guidance(action_guidance)
+        except ConfigError as e:  # a plain ValueError, worded for the argument rather than a config key
+            raise ValueError(f"{e} (or None for the checkpoint's)") from None
 
 
 def check_episode_args(max_episode_steps, render_mode, render_modes, reward_fn) -> None:
@@ -120,9 +126,9 @@ class World:
     def __init__(self, tokenizer: VideoTokenizer, dynamics: DynamicsModel, batch_size: int = 1,
                  device: torch.device | str = "cpu", maskgit_steps: int | None = None,
                  temperature: float | None = None, dtype: str | torch.dtype | None = "float32",
-                 compile: bool | str = False):
+                 compile: bool | str = False, action_guidance: float | None = None):
         check_pair(tokenizer, dynamics)
-        check_world_args(maskgit_steps, temperature, batch_size)
+        check_world_args(maskgit_steps, temperature, batch_size, action_guidance)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         # The world owns its models: they are moved and cast in place.
@@ -134,6 +140,7 @@ class World:
         self.batch_size = batch_size
         self.maskgit_steps = dynamics.cfg.maskgit_steps if maskgit_steps is None else int(maskgit_steps)
         self.temperature = dynamics.cfg.temperature if temperature is None else temperature
+        self.action_guidance = dynamics.cfg.action_guidance if action_guidance is None else float(action_guidance)
         self.num_actions = dynamics.cfg.num_actions
         self.image_size = tuple(tokenizer.cfg.image_size)
         self.has_reward_head = dynamics.cfg.reward_head
@@ -202,7 +209,8 @@ class World:
         reward = done = None
         if self.has_reward_head:
             reward, done = self.dynamics.predict_reward_done(self.hidden[rows], actions)
-        tokens = self.dynamics.sample_next(dyn, actions, self.maskgit_steps, self.temperature, generators)
+        tokens = self.dynamics.sample_next(dyn, actions, self.maskgit_steps, self.temperature, generators,
+                                           self.action_guidance)
         self.hidden[rows] = self.dynamics.observe(dyn, tokens, actions)
         frames = self.tokenizer.decode_step(tokens, dec)
         if not full:

@@ -135,7 +135,8 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
 
 @pytest.mark.parametrize("flag, values, key", [("--commit_noise", ("0", "4"), "commit noise"),
                                                ("--temperature", ("1", "0"), "temperature"),
-                                               ("--maskgit_steps", ("8", "2"), "MaskGIT steps")])
+                                               ("--maskgit_steps", ("8", "2"), "MaskGIT steps"),
+                                               ("--action_guidance", ("0", "2"), "action guidance")])
 def test_eval_sampler_options_change_the_rollouts_only(coinrun_dir, tmp_path, flag, values, key):
     from genie_env.cli import main
     results = {}

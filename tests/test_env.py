@@ -51,8 +51,9 @@ def test_same_seed_and_actions_give_the_same_frames(world):
     assert not np.array_equal(a[1], c[1])
 
 
-def test_cached_step_equals_full_recompute(world):
-    env = make(world).unwrapped
+@pytest.mark.parametrize("guidance", [None, 1.5])
+def test_cached_step_equals_full_recompute(world, guidance):
+    env = make(world, action_guidance=guidance).unwrapped
     obs, info = env.reset(seed=3)
     gen_state = env._gen.get_state()
     actions = [1, 0, 3]  # 4 frames: the whole window
@@ -65,8 +66,10 @@ def test_cached_step_equals_full_recompute(world):
     for t, a in enumerate(actions):
         ctx = torch.stack(tokens[: t + 1])[None]
         acts = torch.tensor(actions[:t], dtype=torch.long)[None]
-        ref = dyn.sample_next_uncached(ctx, acts, torch.tensor([a]), generators=[g])
+        ref = dyn.sample_next_uncached(ctx, acts, torch.tensor([a]), generators=[g], guidance=guidance)
         assert torch.equal(ref[0], tokens[t + 1]), f"step {t + 1}"
+    if guidance:  # the guided world is another world: the same seed and actions give other frames
+        assert not np.array_equal(rollout(make(world), 3, actions)[1], np.stack([t.numpy() for t in tokens[1:]]))
 
 
 def test_window_slides_past_the_context_limit(world):
@@ -124,6 +127,7 @@ def test_vector_env_infos_equal_single_env_infos(world):
     (dict(maskgit_steps=2.5), r"maskgit_steps must be an integer >= 1"),
     (dict(temperature=-1.0), r"temperature must be a finite number >= 0"),
     (dict(temperature=float("nan")), r"temperature must be a finite number >= 0"),
+    (dict(action_guidance=-1.0), r"action_guidance must be a finite number >= 0 \(0: off\), got -1.0 \(or None"),
     (dict(max_episode_steps=0), r"max_episode_steps must be an integer >= 1"),
     (dict(render_mode="ansi"), r"render_mode must be one of \['rgb_array', 'human'\]"),
     (dict(reward_fn=3), r"reward_fn must be a function"),

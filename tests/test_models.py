@@ -321,7 +321,8 @@ def _gens(seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-@pytest.mark.parametrize("kw", [dict(commit_noise=0.0), dict(commit_noise=4.5), dict(token_pixels=6)])
+@pytest.mark.parametrize("kw", [dict(commit_noise=0.0), dict(commit_noise=4.5), dict(token_pixels=6),
+                                dict(action_guidance=1.5)])
 def test_cached_sampling_equals_full_recompute(kw):
     torch.manual_seed(0)
     dyn = DynamicsModel(dynamics_cfg(**kw)).eval()
@@ -460,6 +461,33 @@ def test_commit_noise_is_seeded_per_row_and_changes_the_samples():
                                  plain.sample_next(cache, action, generators=_gens([s, s + 1, s + 2])))
                  for s in range(10))
     assert differ > 0
+
+
+def test_action_guidance_samples_from_the_guided_distribution():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(temperature=0.0)).eval()
+    cache, tokens, actions = _observed(dyn, frames=3)
+    action = torch.tensor([0, 1, 3])
+    # One greedy pass commits every token: the argmax of (1 + g) log p(x|a) - g log p(x|mean action).
+    g = 2.0
+    masked = torch.full((3, 4), dyn.mask_id)
+    emb = dyn.token_embed(masked)
+    with torch.no_grad():
+        logp = lambda act: torch.log_softmax(dyn.logits(dyn.transformer.step(emb + act, cache, commit=False)), -1)
+        cond = logp(dyn.action_emb(action).unsqueeze(-2))
+        ref = logp(dyn.action_emb.weight[:4].mean(0).expand(3, 1, -1))
+    want = ((1 + g) * cond - g * ref).argmax(-1)
+    assert torch.equal(dyn.sample_next(cache, action, steps=1, guidance=g), want)
+    assert torch.equal(dyn.sample_next(cache, action, steps=1, guidance=0.0), cond.argmax(-1))
+    assert not torch.equal(want, cond.argmax(-1))  # the guidance changes the frame here
+    # The config's value is the default, an argument overrides it.
+    guided = DynamicsModel(dynamics_cfg(temperature=0.0, action_guidance=g)).eval()
+    guided.load_state_dict(dyn.state_dict())
+    assert torch.equal(guided.sample_next(cache, action, steps=1), want)
+    assert cache.length.tolist() == [3, 3, 3]
+    for bad in (-0.5, float("nan"), True):
+        with pytest.raises(ValueError, match="action_guidance must be a finite number >= 0"):
+            dynamics_cfg(action_guidance=bad)
 
 
 def test_reward_head_learns_in_scaled_units_and_leaves_the_trunk_alone():

@@ -98,6 +98,8 @@ def test_play_runs_headless_with_scripted_keys(world, tmp_path):
     (["generate", "--fps", "0"], "--fps must be >= 1, got 0"),
     (["generate", "--maskgit_steps", "0"], "maskgit_steps must be an integer >= 1"),
     (["generate", "--temperature", "-2"], "temperature must be a finite number >= 0"),
+    (["generate", "--action_guidance", "-2"], "action_guidance must be a finite number >= 0"),
+    (["filmstrip", "--action_guidance", "nan"], "action_guidance must be a finite number >= 0"),
     (["generate", "--dtype", "half-ish"], "unknown dtype 'half-ish'"),
     (["play", "--scale", "0"], "--scale must be >= 1, got 0"),
     (["filmstrip", "--frames", "0"], "--frames must be >= 1, got 0"),

@@ -238,34 +238,65 @@ class DynamicsModel(nn.Module):
     @torch.no_grad()
     def sample_next(self, cache: TemporalKVCache, action: torch.Tensor, steps: int | None = None,
                     temperature: float | None = None,
-                    generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+                    generators: Sequence[torch.Generator] | None = None,
+                    guidance: float | None = None) -> torch.Tensor:
         """Tokens (B, N) of the frame that ``action`` (B,) leads to from the cached past.
 
-        The cache is not changed: call :meth:`observe` with the result to commit it.
+        The cache is not changed: call :meth:`observe` with the result to commit it. ``steps``,
+        ``temperature`` and ``guidance`` (action guidance) default to the config's.
         """
         act = self.action_emb(action).unsqueeze(-2)
+        g = self.cfg.action_guidance if guidance is None else guidance
+        # With guidance each pass runs the rows twice (under the action, under the mean action)
+        # in one batch, so the cache is read through a copy that holds every row twice.
+        rows = torch.arange(action.shape[0], device=action.device)
+        past = cache if g == 0 else cache.subset(rows.repeat(2))
+
+        def logits_fn(tok: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+            return self.logits(self.transformer.step(self.token_embed(tok) + act, past, commit=False))
+
         return maskgit_sample(
-            lambda tok: self.logits(self.transformer.step(self.token_embed(tok) + act, cache, commit=False)),
-            action.shape[0], self.num_tokens, self.mask_id, steps or self.cfg.maskgit_steps,
-            self.cfg.temperature if temperature is None else temperature, action.device, generators,
-            self.cfg.commit_noise)
+            self._guided(logits_fn, act, g), action.shape[0], self.num_tokens, self.mask_id,
+            steps or self.cfg.maskgit_steps, self.cfg.temperature if temperature is None else temperature,
+            action.device, generators, self.cfg.commit_noise)
+
+    def _guided(self, logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], act: torch.Tensor,
+                g: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """MaskGIT's ``logits_fn(tokens (B, N))`` from ``logits_fn(tokens, action embeddings (B, 1, D))``;
+        with action guidance g > 0, (1 + g) log p(. | action) - g log p(. | mean action embedding),
+        both from one call on the rows stacked twice (2B)."""
+        if g == 0:
+            return lambda tok: logits_fn(tok, act)
+        mean_act = self.action_emb.weight[: self.cfg.num_actions].mean(0).expand_as(act)
+        both = torch.cat([act, mean_act])
+
+        def guided(tok: torch.Tensor) -> torch.Tensor:
+            cond, ref = torch.log_softmax(logits_fn(tok.repeat(2, 1), both).float(), dim=-1).chunk(2)
+            return (1 + g) * cond - g * ref
+
+        return guided
 
     @torch.no_grad()
     def sample_next_uncached(self, tokens: torch.Tensor, actions: torch.Tensor, action: torch.Tensor,
                              steps: int | None = None, temperature: float | None = None,
-                             generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+                             generators: Sequence[torch.Generator] | None = None,
+                             guidance: float | None = None) -> torch.Tensor:
         """As :meth:`sample_next`, but recomputing the whole context (B, t, N) at every pass.
 
         The reference that the cache must match, and the baseline the benchmarks compare with.
         """
         frame_actions = self._frame_actions(torch.cat([actions, action[:, None]], dim=1))
+        past = self.action_emb(frame_actions[:, :-1]).unsqueeze(-2)  # (B, t, 1, D)
 
-        def logits_fn(tok: torch.Tensor) -> torch.Tensor:
-            x = torch.cat([tokens, tok[:, None]], dim=1)[:, -self.cfg.max_frames:]
-            return self.logits(self.transformer(self.embed(x, frame_actions[:, -x.shape[1]:]))[:, -1])
+        def logits_fn(tok: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+            reps = tok.shape[0] // tokens.shape[0]  # 2 with guidance: the rows stacked twice
+            x = torch.cat([tokens.repeat(reps, 1, 1), tok[:, None]], dim=1)[:, -self.cfg.max_frames:]
+            acts = torch.cat([past.repeat(reps, 1, 1, 1), act[:, None]], dim=1)[:, -x.shape[1]:]
+            return self.logits(self.transformer(self.token_embed(x) + acts)[:, -1])
 
-        return maskgit_sample(logits_fn, action.shape[0], self.num_tokens, self.mask_id,
-                              steps or self.cfg.maskgit_steps,
+        g = self.cfg.action_guidance if guidance is None else guidance
+        return maskgit_sample(self._guided(logits_fn, self.action_emb(action).unsqueeze(-2), g),
+                              action.shape[0], self.num_tokens, self.mask_id, steps or self.cfg.maskgit_steps,
                               self.cfg.temperature if temperature is None else temperature,
                               action.device, generators, self.cfg.commit_noise)
 
