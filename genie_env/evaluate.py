@@ -175,7 +175,8 @@ def drift(world: World, prompts: torch.Tensor, reference: torch.Tensor, real: to
 
 @torch.no_grad()
 def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps: int = 6,
-                    seeds: int = 4, seed: int = 0, real_scroll: dict | None = None, chunk: int = 64) -> dict:
+                    seeds: int = 4, seed: int = 0, real_scroll: dict | None = None, chunk: int = 64,
+                    real_frames: dict | None = None) -> dict:
     """How often holding the mapped "right" (or "left") latent action for ``steps`` steps scrolls
     the scene that way (total ``rightward_progress`` above 0 for right, below 0 for left): one
     trial per prompt, direction and seed, stepped ``chunk`` trials at a time.
@@ -185,9 +186,15 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
     reports how often the real game scrolled each way, the share of those trials in which the world
     did too (what a faithful world scores 1 on), and how often the world's scroll has the sign of
     the real game's, a standstill included.
+
+    ``real_frames``: for each direction, the real game's frames (P, steps, 3, H, W) in [0, 1] under
+    that key. Then the check also reports, step by step, the PSNR of the world's frames against
+    them, and of the prompt repeated: a scroll drawn with the wrong picture (stripes, a wiped
+    level) counts as a scroll above, but not here.
     """
     rows = [(p, d, s) for p in range(prompts.shape[0]) for d in ("right", "left") for s in range(seeds)]
     scroll = np.zeros(len(rows))
+    fidelity = np.zeros((len(rows), steps))
     for lo in range(0, len(rows), chunk):
         part = rows[lo:lo + chunk]
         world_rows = World(world.tokenizer, world.dynamics, len(part), world.device, world.maskgit_steps,
@@ -195,12 +202,30 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
         prev = to_uint8_frames(world_rows.reset(prompts[[p for p, _, _ in part]]))
         actions = torch.tensor([action_map[d] for _, d, _ in part])
         gens = [torch.Generator(device=world.device).manual_seed(seed + 1000 * s + p) for p, _, s in part]
-        for _ in range(steps):
-            obs = to_uint8_frames(world_rows.step(actions, generators=gens).frames)
+        for k in range(steps):
+            frames = world_rows.step(actions, generators=gens).frames
+            obs = to_uint8_frames(frames)
             scroll[lo:lo + len(part)] += frame_shifts(prev, obs, max_dx=4)[:, 1]  # rightward_progress
             prev = obs
+            if real_frames is not None:
+                target = torch.stack([real_frames[d][p, k] for p, d, _ in part]).to(frames.device)
+                fidelity[lo:lo + len(part), k] = _psnr_each(frames, target)
     real = None if real_scroll is None else np.array([real_scroll[d][p] for p, d, _ in rows], dtype=float)
-    return score_directions(scroll, [d for _, d, _ in rows], real)
+    out = score_directions(scroll, [d for _, d, _ in rows], real)
+    if real_frames is not None:
+        held = torch.stack([real_frames[d][p] for p, d, _ in rows])  # (trials, steps, 3, H, W)
+        still = prompts[[p for p, _, _ in rows]].cpu()[:, None].expand_as(held)
+        out["arrow keys: PSNR against the real game's frames under the key, by step (dB)"] = \
+            fidelity.mean(axis=0).tolist()
+        out["arrow keys: the prompt repeated, PSNR against them, by step (dB)"] = \
+            _psnr_each(still.flatten(0, 1), held.flatten(0, 1)).reshape(len(rows), steps).mean(axis=0).tolist()
+    return out
+
+
+def _psnr_each(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """PSNR in dB of each image (N, ...) in [0, 1] against its target."""
+    mse = (pred.float() - target.float()).square().flatten(1).mean(dim=1)
+    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).cpu().numpy()
 
 
 def score_directions(scroll: np.ndarray, directions: list[str], real: np.ndarray | None = None) -> dict:
@@ -381,9 +406,13 @@ def probe_check(world: World, probes: dict, action_map: dict, seed: int = 0, see
     missing = {"right", "left"} - set(probes["keys"])
     if missing:
         raise ValueError(f"the key probes lack the keys {sorted(missing)}; write them with genie-env probes")
-    prompts = load_prompts(probes["prompts"], world.tokenizer.cfg.image_size, "key probes").to(world.device)
+    size = world.tokenizer.cfg.image_size
+    prompts = load_prompts(probes["prompts"], size, "key probes").to(world.device)
     real = {k: probes["scroll"][:, i] for i, k in enumerate(probes["keys"])}
-    out = direction_check(world, prompts, action_map, probes["steps"], seeds, seed, real_scroll=real)
+    n, steps = len(prompts), probes["steps"]
+    held = {k: load_prompts(probes["frames"][:, i].reshape(n * steps, *probes["frames"].shape[-3:]), size,
+                            "key probes").reshape(n, steps, 3, *size) for i, k in enumerate(probes["keys"])}
+    out = direction_check(world, prompts, action_map, steps, seeds, seed, real_scroll=real, real_frames=held)
     return {k.replace("arrow keys", "arrow keys on key probes", 1): v for k, v in out.items()}
 
 

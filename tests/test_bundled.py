@@ -111,6 +111,16 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
     assert fp32[on_probes + "the real game's left scrolls left (fraction)"] == (real[:, 1] < 0).mean()
     assert 0 <= fp32[on_probes + "scroll has the real game's sign, standstills too (fraction)"] <= 1
     assert "arrow keys on key probes: trials" not in bf16
+    # Fidelity under the held keys: the world's frames and the prompt held still, each against the
+    # real game's frames under the key, step by step (the probes are 64x64, as the model).
+    p = load_key_probes(key_probes)
+    still = p["prompts"][:, None, None].astype(float) / 255
+    mse = ((still - p["frames"].astype(float) / 255) ** 2).mean(axis=(-3, -2, -1))  # (probes, keys, steps)
+    want = (10 * np.log10(1 / mse)).mean(axis=(0, 1))
+    got = fp32[on_probes + "the prompt repeated, PSNR against them, by step (dB)"]
+    assert np.allclose(got, want, atol=1e-3) and len(got) == p["steps"]
+    world_psnr = fp32[on_probes + "PSNR against the real game's frames under the key, by step (dB)"]
+    assert len(world_psnr) == p["steps"] and all(5 < x < 40 for x in world_psnr)
     # These seeded episodes scroll in some consecutive pairs, so every scrolling share is read.
     assert fp32["scrolling: consecutive real frame pairs that scroll sideways"] > 0
     for who in ("tokenizer reconstruction", "k-means baseline", "rollout, inferred actions", "rollout, random actions",
