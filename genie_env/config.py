@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -113,7 +114,7 @@ class LAMConfig:
 
 
 def check_action_guidance(value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"action_guidance must be a finite number >= 0 (0: off), got {value!r}")
 
 

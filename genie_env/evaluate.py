@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 from pathlib import Path
 
@@ -189,17 +190,19 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
 
     ``real_frames``: for each direction, the real game's frames (P, steps, 3, H, W) in [0, 1] under
     that key. Then the check also reports, step by step, the PSNR of the world's frames against
-    them, and of the prompt repeated: a scroll drawn with the wrong picture (stripes, a wiped
-    level) counts as a scroll above, but not here.
+    them, of the prompt repeated and of the prompt's reconstruction (the world's first frame)
+    repeated, the fair "standing still" for a world that draws through its tokenizer: a scroll
+    drawn with the wrong picture (stripes, a wiped level) counts as a scroll above, but not here.
     """
     rows = [(p, d, s) for p in range(prompts.shape[0]) for d in ("right", "left") for s in range(seeds)]
     scroll = np.zeros(len(rows))
-    fidelity = np.zeros((len(rows), steps))
+    fidelity, still_recon = np.zeros((len(rows), steps)), np.zeros((len(rows), steps))
     for lo in range(0, len(rows), chunk):
         part = rows[lo:lo + chunk]
         world_rows = World(world.tokenizer, world.dynamics, len(part), world.device, world.maskgit_steps,
                            world.temperature, world.dtype, action_guidance=world.action_guidance)
-        prev = to_uint8_frames(world_rows.reset(prompts[[p for p, _, _ in part]]))
+        start = world_rows.reset(prompts[[p for p, _, _ in part]])
+        prev = to_uint8_frames(start)
         actions = torch.tensor([action_map[d] for _, d, _ in part])
         gens = [torch.Generator(device=world.device).manual_seed(seed + 1000 * s + p) for p, _, s in part]
         for k in range(steps):
@@ -210,6 +213,7 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
             if real_frames is not None:
                 target = torch.stack([real_frames[d][p, k] for p, d, _ in part]).to(frames.device)
                 fidelity[lo:lo + len(part), k] = _psnr_each(frames, target)
+                still_recon[lo:lo + len(part), k] = _psnr_each(start, target)
     real = None if real_scroll is None else np.array([real_scroll[d][p] for p, d, _ in rows], dtype=float)
     out = score_directions(scroll, [d for _, d, _ in rows], real)
     if real_frames is not None:
@@ -219,6 +223,8 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
             fidelity.mean(axis=0).tolist()
         out["arrow keys: the prompt repeated, PSNR against them, by step (dB)"] = \
             _psnr_each(still.flatten(0, 1), held.flatten(0, 1)).reshape(len(rows), steps).mean(axis=0).tolist()
+        out["arrow keys: the prompt's reconstruction repeated, PSNR against them, by step (dB)"] = \
+            still_recon.mean(axis=0).tolist()
     return out
 
 
@@ -473,10 +479,10 @@ SAMPLER_MINIMUM = {"commit_noise": 0, "temperature": 0, "maskgit_steps": 1, "act
 
 
 def check_sampler(sampler: dict) -> None:
-    """Refuse an override below its minimum (None: keep the checkpoint's), naming the flag."""
+    """Refuse an override below its minimum or not finite (None: keep the checkpoint's), naming the flag."""
     for name, value in sampler.items():
-        if value is not None and value < SAMPLER_MINIMUM[name]:
-            raise ValueError(f"--{name} must be >= {SAMPLER_MINIMUM[name]}, got {value}")
+        if value is not None and not (math.isfinite(value) and value >= SAMPLER_MINIMUM[name]):
+            raise ValueError(f"--{name} must be a finite number >= {SAMPLER_MINIMUM[name]}, got {value}")
 
 
 def override_sampler(dynamics, sampler: dict) -> None:

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from genie_env.bundled import bundled_paths, load_action_map, load_world_models
 from genie_env.checkpoint import load_model
 from genie_env.cli import check_positive
+from genie_env.config import check_action_guidance
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device
 from genie_env.metrics import decode_long, encode_long, rollout
@@ -96,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--action_guidance", type=float, default=None,
-                   help="action guidance of the action rows (default: the checkpoint's; 0: off)")
+                   help="action guidance of every generated row (default: the checkpoint's; 0: off)")
     p.add_argument("--out", default="filmstrip.png")
 
 
@@ -104,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, "frames", "scale")
     dev = resolve_device(args.device)
     tok, dyn = load_world_models(args.tokenizer_path, args.dynamics_path, dev)
-    world = World(tok, dyn, dyn.cfg.num_actions, dev, action_guidance=args.action_guidance)
+    if args.action_guidance is not None:  # every row, the ground-truth rollouts too
+        check_action_guidance(args.action_guidance)
+        dyn.cfg.action_guidance = args.action_guidance
+    world = World(tok, dyn, dyn.cfg.num_actions, dev)
     prompts = load_prompts(args.prompt if args.prompt is not None else bundled_paths()["prompts"],
                            world.image_size, args.prompt or "bundled prompts")
     if not 0 <= args.prompt_index < prompts.shape[0]:

@@ -56,13 +56,14 @@ def first_pass_tokens(dynamics, tokens: torch.Tensor, actions: torch.Tensor) -> 
     positions of the tokens that differ from the frame before ("changed"), how many of those the
     argmax gets right and how many it predicts as the frame before's token ("copied"), and the
     same right-count for the tokens that stay. A model that only copies gets the staying tokens
-    right and none of the changed ones: the share it gets right is its motion, before sampling."""
-    frame_actions = dynamics._frame_actions(actions)
+    right and none of the changed ones: the share it gets right is its motion, before sampling.
+    With ``action_guidance`` in the model's config the guess is the guided distribution's most
+    likely token, as the sampler's."""
     counts = dict.fromkeys(("changed", "changed_right", "changed_copied", "stayed", "stayed_right"), 0)
     for t in range(1, tokens.shape[1]):
-        x = tokens[:, :t + 1].clone()
-        x[:, t] = dynamics.mask_id
-        guess = dynamics.logits(dynamics.transformer(dynamics.embed(x, frame_actions[:, :t + 1]))[:, t]).argmax(-1)
+        # One greedy pass commits every token: its argmax.
+        guess = dynamics.sample_next_uncached(tokens[:, :t], actions[:, :t - 1], actions[:, t - 1], steps=1,
+                                              temperature=0)
         true, before = tokens[:, t], tokens[:, t - 1]
         changed = true != before
         right = guess == true

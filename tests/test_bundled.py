@@ -121,6 +121,9 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
     assert np.allclose(got, want, atol=1e-3) and len(got) == p["steps"]
     world_psnr = fp32[on_probes + "PSNR against the real game's frames under the key, by step (dB)"]
     assert len(world_psnr) == p["steps"] and all(5 < x < 40 for x in world_psnr)
+    recon = fp32[on_probes + "the prompt's reconstruction repeated, PSNR against them, by step (dB)"]
+    # The bundled tokenizer (about 18 dB) costs the still reconstruction against the still prompt.
+    assert len(recon) == p["steps"] and all(r < g for r, g in zip(recon, got))
     # These seeded episodes scroll in some consecutive pairs, so every scrolling share is read.
     assert fp32["scrolling: consecutive real frame pairs that scroll sideways"] > 0
     for who in ("tokenizer reconstruction", "k-means baseline", "rollout, inferred actions", "rollout, random actions",
@@ -159,6 +162,8 @@ def test_eval_sampler_options_change_the_rollouts_only(coinrun_dir, tmp_path, fl
     assert first["tokenizer PSNR (dB)"] == second["tokenizer PSNR (dB)"]
     assert first["rollout PSNR by t, inferred actions (dB)"] != second["rollout PSNR by t, inferred actions (dB)"]
     assert main(["eval", "--data_dir", str(coinrun_dir), flag, "-1", "--device", "cpu"]) == 2
+    if flag != "--maskgit_steps":  # an integer flag: argparse refuses "nan" itself
+        assert main(["eval", "--data_dir", str(coinrun_dir), flag, "nan", "--device", "cpu"]) == 2
     if flag == "--maskgit_steps":
         assert main(["eval", "--data_dir", str(coinrun_dir), flag, "0", "--device", "cpu"]) == 2
     assert main(["eval", "--data_dir", str(coinrun_dir), "--action_clips", "0", "--device", "cpu"]) == 2

@@ -81,17 +81,20 @@ def test_window_slides_past_the_context_limit(world):
     assert obs.shape == (16, 16, 3) and obs.dtype == np.uint8
 
 
-def test_vector_env_equals_single_envs(world):
+@pytest.mark.parametrize("guidance", [None, 1.5])
+def test_vector_env_equals_single_envs(world, guidance):
     venv = gym.make_vec("Genie-v0", num_envs=3, tokenizer_path=world["tok"], dynamics_path=world["dyn"],
-                        prompt=world["prompts"], device="cpu", max_episode_steps=4)
+                        prompt=world["prompts"], device="cpu", max_episode_steps=4, action_guidance=guidance)
     assert isinstance(venv.unwrapped, genie_env.vector_env.GenieVectorEnv)
     obs, _ = venv.reset(seed=11)
     rng = np.random.default_rng(0)
     actions = rng.integers(0, 4, (4, 3))
     vec_frames = [obs] + [venv.step(a)[0] for a in actions]
     for i in range(3):
-        frames, _ = rollout(make(world), 11 + i, actions[:, i].tolist())
+        frames, _ = rollout(make(world, action_guidance=guidance), 11 + i, actions[:, i].tolist())
         assert np.array_equal(np.stack([f[i] for f in vec_frames]), frames), f"env {i}"
+    if guidance:  # and the guidance reached the vector env's world
+        assert not np.array_equal(np.stack([f[0] for f in vec_frames]), rollout(make(world), 11, actions[:, 0].tolist())[0])
 
 
 def test_vector_env_infos_equal_single_env_infos(world):

@@ -321,19 +321,20 @@ def _gens(seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-@pytest.mark.parametrize("kw", [dict(commit_noise=0.0), dict(commit_noise=4.5), dict(token_pixels=6),
-                                dict(action_guidance=1.5)])
-def test_cached_sampling_equals_full_recompute(kw):
+@pytest.mark.parametrize("kw, frames", [(dict(commit_noise=0.0), 4), (dict(commit_noise=4.5), 4),
+                                        (dict(token_pixels=6), 4), (dict(action_guidance=1.5), 4),
+                                        (dict(action_guidance=1.5), 8)])  # 8: past the 6-frame window
+def test_cached_sampling_equals_full_recompute(kw, frames):
     torch.manual_seed(0)
     dyn = DynamicsModel(dynamics_cfg(**kw)).eval()
     if kw.get("token_pixels"):
         dyn.set_code_pixels(torch.rand(16, 6))
-    cache, tokens, actions = _observed(dyn)
+    cache, tokens, actions = _observed(dyn, frames)
     action = torch.tensor([0, 1, 3])
     cached = dyn.sample_next(cache, action, generators=_gens((1, 2, 3)))
     full = dyn.sample_next_uncached(tokens, actions, action, generators=_gens((1, 2, 3)))
     assert torch.equal(cached, full)
-    assert cache.length.tolist() == [4, 4, 4]  # sampling did not touch the cache
+    assert cache.length.tolist() == [min(frames, 5)] * 3  # sampling did not touch the cache
 
 
 def test_generation_is_seeded_per_row_and_slides_past_max_frames():
