@@ -56,7 +56,7 @@ from genie_env.prompts import load_prompts
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
 from genie_env.metrics import (colour_histograms, first_pass_tokens, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
-                               one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_per_frame, rollout,
+                               one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_each, psnr_per_frame, rollout,
                                scrolls_beside)
 from genie_env.video import to_uint8_frames, write_video
 from genie_env.nn.vq import code_stats
@@ -212,8 +212,8 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
             prev = obs
             if real_frames is not None:
                 target = torch.stack([real_frames[d][p, k] for p, d, _ in part]).to(frames.device)
-                fidelity[lo:lo + len(part), k] = _psnr_each(frames, target)
-                still_recon[lo:lo + len(part), k] = _psnr_each(start, target)
+                fidelity[lo:lo + len(part), k] = psnr_each(frames, target).cpu().numpy()
+                still_recon[lo:lo + len(part), k] = psnr_each(start, target).cpu().numpy()
     real = None if real_scroll is None else np.array([real_scroll[d][p] for p, d, _ in rows], dtype=float)
     out = score_directions(scroll, [d for _, d, _ in rows], real)
     if real_frames is not None:
@@ -222,16 +222,10 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
         out["arrow keys: PSNR against the real game's frames under the key, by step (dB)"] = \
             fidelity.mean(axis=0).tolist()
         out["arrow keys: the prompt repeated, PSNR against them, by step (dB)"] = \
-            _psnr_each(still.flatten(0, 1), held.flatten(0, 1)).reshape(len(rows), steps).mean(axis=0).tolist()
+            psnr_each(still.flatten(0, 1), held.flatten(0, 1)).reshape(len(rows), steps).mean(dim=0).tolist()
         out["arrow keys: the prompt's reconstruction repeated, PSNR against them, by step (dB)"] = \
             still_recon.mean(axis=0).tolist()
     return out
-
-
-def _psnr_each(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-    """PSNR in dB of each image (N, ...) in [0, 1] against its target."""
-    mse = (pred.float() - target.float()).square().flatten(1).mean(dim=1)
-    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).cpu().numpy()
 
 
 def score_directions(scroll: np.ndarray, directions: list[str], real: np.ndarray | None = None) -> dict:

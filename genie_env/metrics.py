@@ -9,10 +9,15 @@ from genie_env.models.tokenizer import patchify, unpatchify
 from genie_env.nn.vq import PatchCodebook
 
 
+def psnr_each(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each image along the leading (batch) axis, images in [0, 1] -> (B,)."""
+    mse = (pred.float() - target.float()).square().flatten(1).mean(dim=1)
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean PSNR in dB over the leading (batch) axis of images in [0, 1]."""
-    mse = (pred.float() - target.float()).square().flatten(1).mean(dim=1)
-    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).mean()
+    return psnr_each(pred, target).mean()
 
 
 def psnr_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
