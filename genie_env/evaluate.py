@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import logging
+import math
 from pathlib import Path
 
 import numpy as np

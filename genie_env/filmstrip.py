@@ -21,9 +21,9 @@ from PIL import Image, ImageDraw
 from genie_env.bundled import bundled_paths, load_action_map, load_world_models
 from genie_env.checkpoint import load_model
 from genie_env.cli import check_positive
-from genie_env.config import check_action_guidance
 from genie_env.data.h5 import ClipDataset
 from genie_env.device import resolve_device
+from genie_env.evaluate import override_sampler
 from genie_env.metrics import decode_long, encode_long, rollout
 from genie_env.prompts import load_prompts
 from genie_env.video import to_uint8_frames
@@ -105,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, "frames", "scale")
     dev = resolve_device(args.device)
     tok, dyn = load_world_models(args.tokenizer_path, args.dynamics_path, dev)
-    if args.action_guidance is not None:  # every row, the ground-truth rollouts too
-        check_action_guidance(args.action_guidance)
-        dyn.cfg.action_guidance = args.action_guidance
+    override_sampler(dyn, {"action_guidance": args.action_guidance})  # every row, the ground-truth rollouts too
     world = World(tok, dyn, dyn.cfg.num_actions, dev)
     prompts = load_prompts(args.prompt if args.prompt is not None else bundled_paths()["prompts"],
                            world.image_size, args.prompt or "bundled prompts")

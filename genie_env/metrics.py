@@ -22,8 +22,7 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def psnr_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of each frame t of videos (B, T, C, H, W), averaged over B -> (T,)."""
-    mse = (pred.float() - target.float()).square().flatten(2).mean(dim=2)
-    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).mean(dim=0)
+    return psnr_each(pred.flatten(0, 1), target.flatten(0, 1)).unflatten(0, pred.shape[:2]).mean(dim=0)
 
 
 @torch.no_grad()

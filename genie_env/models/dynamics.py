@@ -249,8 +249,7 @@ class DynamicsModel(nn.Module):
         g = self.cfg.action_guidance if guidance is None else guidance
         # With guidance each pass runs the rows twice (under the action, under the mean action)
         # in one batch, so the cache is read through a copy that holds every row twice.
-        rows = torch.arange(action.shape[0], device=action.device)
-        past = cache if g == 0 else cache.subset(rows.repeat(2))
+        past = cache if g == 0 else cache.subset(torch.arange(action.shape[0], device=action.device).repeat(2))
 
         def logits_fn(tok: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
             return self.logits(self.transformer.step(self.token_embed(tok) + act, past, commit=False))
