@@ -142,12 +142,17 @@ class DynamicsConfig:
     # MaskGIT's annealed randomness in the commit order: Gumbel noise of this scale times
     # (1 - k/steps) is added to the log-confidence at pass k (0: commit by confidence alone).
     commit_noise: float = 0.0
-    # Inference only: action guidance g. Each MaskGIT pass also runs the frame under the mean of
-    # the latent action embeddings ("some action") and samples from
-    # (1 + g) log p(x | action) - g log p(x | mean action), which strengthens what the chosen
-    # action changes over what any action would; 0 is off (the paper's sampler), and g > 0 costs a
-    # second transformer pass per MaskGIT pass (docs/design.md).
+    # Inference only: action guidance g. Each MaskGIT pass also runs the frame under a reference
+    # action and samples from (1 + g) log p(x | action) - g log p(x | reference), which
+    # strengthens what the chosen action changes over what any action would; 0 is off (the
+    # paper's sampler), and g > 0 costs a second transformer pass per MaskGIT pass
+    # (docs/design.md). The reference is the "no action" input when the model was trained with
+    # action_dropout (classifier-free guidance), else the mean of the latent action embeddings.
     action_guidance: float = 0.0
+    # Training only: the share of frames (after the first) whose action input is replaced by the
+    # "no action" input, so that the model also learns the next frame without its action: the
+    # reference of classifier-free action guidance (0: off, the paper's training).
+    action_dropout: float = 0.0
     # Cross-entropy weight of the masked tokens that differ from the same position's token in the
     # frame before (1: the paper's plain mean). Most tokens copy the frame before, so a plain
     # mean teaches copying; a weight above 1 pays more for the tokens that move (docs/design.md).
@@ -179,6 +184,9 @@ class DynamicsConfig:
             raise ConfigError(f"changed_token_weight must be > 0 (1 is the plain mean), got {self.changed_token_weight}")
         if not 0.0 <= self.hflip_prob <= 1.0:
             raise ConfigError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
+        if not 0.0 <= self.action_dropout < 1.0:
+            raise ConfigError(f"action_dropout must be in [0, 1) (0: off; 0.1 is usual for "
+                              f"classifier-free guidance), got {self.action_dropout}")
         if self.mirror_actions is not None:
             a, b = self.mirror_actions
             if a == b or not (0 <= a < self.num_actions and 0 <= b < self.num_actions):

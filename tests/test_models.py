@@ -464,31 +464,63 @@ def test_commit_noise_is_seeded_per_row_and_changes_the_samples():
     assert differ > 0
 
 
-def test_action_guidance_samples_from_the_guided_distribution():
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_action_guidance_samples_from_the_guided_distribution(dropout):
     torch.manual_seed(0)
-    dyn = DynamicsModel(dynamics_cfg(temperature=0.0)).eval()
+    dyn = DynamicsModel(dynamics_cfg(temperature=0.0, action_dropout=dropout)).eval()
     cache, tokens, actions = _observed(dyn, frames=3)
     action = torch.tensor([0, 1, 3])
-    # One greedy pass commits every token: the argmax of (1 + g) log p(x|a) - g log p(x|mean action).
+    # One greedy pass commits every token: the argmax of (1 + g) log p(x|a) - g log p(x|reference),
+    # the reference being the mean action, or "no action" for a model trained with action dropout.
     g = 2.0
     masked = torch.full((3, 4), dyn.mask_id)
     emb = dyn.token_embed(masked)
     with torch.no_grad():
         logp = lambda act: torch.log_softmax(dyn.logits(dyn.transformer.step(emb + act, cache, commit=False)), -1)
         cond = logp(dyn.action_emb(action).unsqueeze(-2))
-        ref = logp(dyn.action_emb.weight[:4].mean(0).expand(3, 1, -1))
+        ref_act = dyn.action_emb.weight[4] if dropout else dyn.action_emb.weight[:4].mean(0)
+        ref = logp(ref_act.expand(3, 1, -1))
     want = ((1 + g) * cond - g * ref).argmax(-1)
     assert torch.equal(dyn.sample_next(cache, action, steps=1, guidance=g), want)
+    assert torch.equal(dyn.sample_next_uncached(tokens, actions, action, steps=1, guidance=g), want)
     assert torch.equal(dyn.sample_next(cache, action, steps=1, guidance=0.0), cond.argmax(-1))
     assert not torch.equal(want, cond.argmax(-1))  # the guidance changes the frame here
     # The config's value is the default, an argument overrides it.
-    guided = DynamicsModel(dynamics_cfg(temperature=0.0, action_guidance=g)).eval()
+    guided = DynamicsModel(dynamics_cfg(temperature=0.0, action_guidance=g, action_dropout=dropout)).eval()
     guided.load_state_dict(dyn.state_dict())
     assert torch.equal(guided.sample_next(cache, action, steps=1), want)
     assert cache.length.tolist() == [3, 3, 3]
     for bad in (-0.5, float("nan"), True):
         with pytest.raises(ValueError, match="action_guidance must be a finite number >= 0"):
             dynamics_cfg(action_guidance=bad)
+
+
+def test_action_dropout_trains_the_no_action_input_in_place_of_the_actions():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(action_dropout=0.999999))
+    tokens = torch.randint(0, 16, (2, 3, 4))
+    a, b = torch.tensor([[0, 1], [2, 3]]), torch.tensor([[3, 3], [1, 0]])
+
+    def loss(actions, seed=1):
+        torch.manual_seed(seed)
+        return dyn(tokens, actions)["loss"]
+
+    # Training: every action input is dropped, so the actions no longer matter and only the
+    # "no action" embedding (row 4) learns; evaluation sees the actions again.
+    assert torch.equal(loss(a), loss(b))
+    dyn.zero_grad()
+    loss(a).backward()
+    grad = dyn.action_emb.weight.grad
+    assert grad[:4].abs().sum() == 0 and grad[4].abs().sum() > 0
+    dyn.eval()
+    assert not torch.equal(loss(a), loss(b))
+    plain = DynamicsModel(dynamics_cfg()).eval()  # in evaluation the dropout is off
+    plain.load_state_dict(dyn.state_dict())
+    torch.manual_seed(1)
+    assert torch.equal(plain(tokens, a)["loss"], loss(a))
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"action_dropout must be in \[0, 1\)"):
+            dynamics_cfg(action_dropout=bad)
 
 
 def test_reward_head_learns_in_scaled_units_and_leaves_the_trunk_alone():

@@ -190,7 +190,11 @@ class DynamicsModel(nn.Module):
             clean = prefix[:, None] & (frame[None, :] < cut[:, None])  # (B, T)
             mask &= ~clean[:, :, None]
         frame_actions = self._frame_actions(actions)
-        h = self.transformer(self.embed(tokens.masked_fill(mask, self.mask_id), frame_actions))
+        inputs = frame_actions
+        if self.training and self.cfg.action_dropout > 0:
+            dropped = torch.rand(frame_actions.shape, device=tokens.device) < self.cfg.action_dropout
+            inputs = frame_actions.masked_fill(dropped, self.no_action)
+        h = self.transformer(self.embed(tokens.masked_fill(mask, self.mask_id), inputs))
         logits = self.logits(h)
         if mask.any():
             ce_each = F.cross_entropy(logits[mask].float(), tokens[mask], reduction="none")
@@ -262,12 +266,16 @@ class DynamicsModel(nn.Module):
     def _guided(self, logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], act: torch.Tensor,
                 g: float) -> Callable[[torch.Tensor], torch.Tensor]:
         """MaskGIT's ``logits_fn(tokens (B, N))`` from ``logits_fn(tokens, action embeddings (B, 1, D))``;
-        with action guidance g > 0, (1 + g) log p(. | action) - g log p(. | mean action embedding),
-        both from one call on the rows stacked twice (2B)."""
+        with action guidance g > 0, (1 + g) log p(. | action) - g log p(. | reference), both from
+        one call on the rows stacked twice (2B). The reference is the "no action" embedding of a
+        model trained with action dropout, else the mean of the action embeddings."""
         if g == 0:
             return lambda tok: logits_fn(tok, act)
-        mean_act = self.action_emb.weight[: self.cfg.num_actions].mean(0).expand_as(act)
-        both = torch.cat([act, mean_act])
+        if self.cfg.action_dropout > 0:
+            ref_act = self.action_emb.weight[self.no_action]
+        else:
+            ref_act = self.action_emb.weight[: self.cfg.num_actions].mean(0)
+        both = torch.cat([act, ref_act.expand_as(act)])
 
         def guided(tok: torch.Tensor) -> torch.Tensor:
             cond, ref = torch.log_softmax(logits_fn(tok.repeat(2, 1), both).float(), dim=-1).chunk(2)
