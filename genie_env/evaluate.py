@@ -193,6 +193,8 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
     them, of the prompt repeated and of the prompt's reconstruction (the world's first frame)
     repeated, the fair "standing still" for a world that draws through its tokenizer: a scroll
     drawn with the wrong picture (stripes, a wiped level) counts as a scroll above, but not here.
+    With both, a trial also passes "with the picture kept" only when the world scrolled the key's
+    way and its last frame is at least as close to the real game's as standing still is.
     """
     rows = [(p, d, s) for p in range(prompts.shape[0]) for d in ("right", "left") for s in range(seeds)]
     scroll = np.zeros(len(rows))
@@ -215,7 +217,8 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
                 fidelity[lo:lo + len(part), k] = psnr_each(frames, target).cpu().numpy()
                 still_recon[lo:lo + len(part), k] = psnr_each(start, target).cpu().numpy()
     real = None if real_scroll is None else np.array([real_scroll[d][p] for p, d, _ in rows], dtype=float)
-    out = score_directions(scroll, [d for _, d, _ in rows], real)
+    kept = None if real_frames is None else fidelity[:, -1] >= still_recon[:, -1]
+    out = score_directions(scroll, [d for _, d, _ in rows], real, kept)
     if real_frames is not None:
         held = torch.stack([real_frames[d][p] for p, d, _ in rows])  # (trials, steps, 3, H, W)
         still = prompts[[p for p, _, _ in rows]].cpu()[:, None].expand_as(held)
@@ -228,10 +231,12 @@ def direction_check(world: World, prompts: torch.Tensor, action_map: dict, steps
     return out
 
 
-def score_directions(scroll: np.ndarray, directions: list[str], real: np.ndarray | None = None) -> dict:
+def score_directions(scroll: np.ndarray, directions: list[str], real: np.ndarray | None = None,
+                     kept: np.ndarray | None = None) -> dict:
     """The arrow-key figures of trials that held ``directions`` ("right"/"left") and scrolled the
     world's scene ``scroll`` pixels rightward in all, beside the real game's ``real`` scroll of
-    each trial when known (see :func:`direction_check`)."""
+    each trial when known; ``kept`` (bool per trial): whether the world's last frame was at least
+    as close to the real game's as standing still (see :func:`direction_check`)."""
     right = np.array([d == "right" for d in directions])
     sign = np.where(right, 1, -1)
     correct = scroll * sign > 0
@@ -245,6 +250,9 @@ def score_directions(scroll: np.ndarray, directions: list[str], real: np.ndarray
             if real_did.any():
                 out[f"arrow keys: {name} scrolls {name} where the real game's did (fraction)"] = \
                     float(correct[real_did].mean())
+                if kept is not None:
+                    out[f"arrow keys: {name} scrolls {name} where the real game's did, with the picture kept "
+                        f"(fraction)"] = float((correct & kept)[real_did].mean())
         out["arrow keys: scroll has the real game's sign, standstills too (fraction)"] = \
             float((np.sign(scroll) == np.sign(real)).mean())
     return out

@@ -124,6 +124,10 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
     recon = fp32[on_probes + "the prompt's reconstruction repeated, PSNR against them, by step (dB)"]
     # The bundled tokenizer (about 18 dB) costs the still reconstruction against the still prompt.
     assert len(recon) == p["steps"] and all(r < g for r, g in zip(recon, got))
+    for key in ("right", "left"):  # a trial passes with the picture kept only if it passes at all
+        where = f"{on_probes}{key} scrolls {key} where the real game's did"
+        if where + " (fraction)" in fp32:  # only when the real game scrolled that way on a probe
+            assert 0 <= fp32[where + ", with the picture kept (fraction)"] <= fp32[where + " (fraction)"]
     # These seeded episodes scroll in some consecutive pairs, so every scrolling share is read.
     assert fp32["scrolling: consecutive real frame pairs that scroll sideways"] > 0
     for who in ("tokenizer reconstruction", "k-means baseline", "rollout, inferred actions", "rollout, random actions",

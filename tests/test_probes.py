@@ -76,6 +76,13 @@ def test_arrow_keys_are_scored_against_what_the_real_game_did():
     # the same sign in trials 0 and 4 only: the world moved where the game stood, and the other way round
     assert out["arrow keys: scroll has the real game's sign, standstills too (fraction)"] == 2 / 8
     assert "arrow keys: the real game's right scrolls right (fraction)" not in score_directions(world, directions)
+    # With the picture kept: of the right trials the world passed where the game scrolled (trial 0)
+    # and the left one (trial 4), only trial 4 ended nearer the game's frame than standing still.
+    kept = np.array([False, True, True, True, True, False, False, False])
+    joint = score_directions(world, directions, real, kept)
+    assert joint["arrow keys: right scrolls right where the real game's did, with the picture kept (fraction)"] == 0
+    assert joint["arrow keys: left scrolls left where the real game's did, with the picture kept (fraction)"] == 0.5
+    assert "arrow keys: right scrolls right where the real game's did, with the picture kept (fraction)" not in out
     # no real trial scrolled left: no conditional figure to read, rather than a division by zero
     still = score_directions(world, directions, np.where(real < 0, 0, real))
     assert "arrow keys: left scrolls left where the real game's did (fraction)" not in still
