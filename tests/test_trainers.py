@@ -105,7 +105,7 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_kmeans_tokenizer_trainer_fits_its_codes_once_and_the_world_runs_on_them(tmp_path, coinrun_dir):
+def test_kmeans_tokenizer_trainer_fits_its_codes_once_and_the_world_runs_on_them(tmp_path, coinrun_dir, monkeypatch):
     import gymnasium as gym
     cfg = yaml.safe_load(micro_config(tmp_path, "tokenizer", steps=8).read_text())
     cfg["model"].update(quantizer="kmeans", kmeans_frames=40)
@@ -129,6 +129,14 @@ def test_kmeans_tokenizer_trainer_fits_its_codes_once_and_the_world_runs_on_them
     after = _weights(last)
     assert load_checkpoint(last)["step"] == 8 and torch.equal(after["vq.centroids"], codes)
     assert not torch.equal(after["dec_out.weight"], _weights(first)["dec_out.weight"])
+    # Started from those weights (--init_from), a new run keeps the codes without a refit, so
+    # tokens stay those a dynamics model already learned.
+    def no_refit(*a, **k):
+        raise AssertionError("a run started from trained weights refitted its codes")
+    monkeypatch.setattr(train_tokenizer, "fit_pixel_codes", no_refit)
+    tuned = train_tokenizer.main(args_for(p, path, coinrun_dir, tmp_path / "tuned", "--max_steps", "2",
+                                          "--init_from", str(last)))
+    assert torch.equal(_weights(tuned)["vq.centroids"], codes)
     # Dynamics trains on its tokens (code patches included), and the env steps the pair.
     dyn_cfg = yaml.safe_load(micro_config(tmp_path, "dynamics", steps=2).read_text())
     dyn_cfg["model"].update(token_pixels=192)

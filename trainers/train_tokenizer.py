@@ -1,7 +1,8 @@
 """Stage 1: the video tokenizer (ST-ViViT VQ-VAE) on raw frames.
 
 With ``quantizer: kmeans`` the tokenizer's pixel codes are fitted first, by k-means on
-``kmeans_frames`` training frames spread over the data, and stay fixed while the decoder trains.
+``kmeans_frames`` training frames spread over the data, and stay fixed while the decoder trains;
+a run started with ``train.init_from`` (``--init_from``) keeps that checkpoint's codes instead.
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def main(args) -> Path:
     cfg = stage_from_args(args, "tokenizer")
     task = make_task(cfg)
     run_dir = Path(args.out_dir or cfg.train.out_dir) / task.kind
-    # A resumed run loads its fitted codes from the checkpoint.
-    if cfg.model.quantizer == "kmeans" and not (run_dir / "latest.pt").exists():
+    # A resumed run loads its fitted codes from the checkpoint, a fine-tune from its init_from
+    # weights: refitting would cost minutes and its codes would be overwritten.
+    if cfg.model.quantizer == "kmeans" and not (run_dir / "latest.pt").exists() and not cfg.train.init_from:
         train_ds, _ = build_datasets(cfg, args.data_dir, cfg.model.image_size)
         fit_pixel_codes(task.model, train_ds, cfg.model.kmeans_frames, cfg.train.seed)
     return train(task, args.data_dir, args.device, args.out_dir, args.resume)
