@@ -5,15 +5,19 @@
 #
 #   OUT=out TOTAL=560 bash scripts/gpu_world.sh                   # a GPU machine
 #   OUT=/tmp/toy DEVICE=cpu TOY=1 bash scripts/gpu_world.sh       # the same steps at toy size, CPU
+#   OUT=out OLD_TOK=T OLD_LAM=L OLD_DYN=D bash scripts/gpu_world.sh  # carry on a world trained elsewhere
 #
 # What runs, all started from one clock (TOTAL seconds in all, outputs included):
 #   collect  COLLECTORS parallel random-policy collectors (actions held 1..8 steps), EPISODES each,
 #            seeds 0..COLLECTORS-1 (the held-out set, seed 1000, is no one's)
-#   tok      the k-means tokenizer: codes fitted before step 1, then its decoder trains on
+#   tok      the k-means tokenizer: codes fitted before step 1, then its decoder trains on; with
+#            OLD_TOK (a k-means tokenizer checkpoint) its codes and decoder start from that one
 #   lam      a new LAM for LAM_MIN minutes
 #   dyn      the candidate dynamics config, on tok's codes and OLD_LAM's actions (a carried LAM
-#            checkpoint; without one it waits for lam), to the end
-#   large    the 6x256 dynamics config, the same inputs, to the end
+#            checkpoint; without one it waits for lam), to the end; with OLD_DYN (a dynamics
+#            checkpoint of the same sizes, trained on OLD_TOK's codes and OLD_LAM's actions) it
+#            starts from those weights, so the CPU's steps are not spent again
+#   large    the 6x256 dynamics config, the same inputs, to the end (LARGE=0: not run)
 #   newlam   the candidate dynamics config on the new LAM's actions, from when lam ends
 # Each dynamics run first takes 2 steps into a scratch folder, so a failure in its validation,
 # sampling or saving shows in seconds, not at the end. Any run that fails stops the script.
@@ -30,6 +34,9 @@ COLLECTORS=${COLLECTORS:-16}
 EPISODES=${EPISODES:-250}
 LAM_MIN=${LAM_MIN:-2.5}
 OLD_LAM=${OLD_LAM:-}
+OLD_TOK=${OLD_TOK:-}
+OLD_DYN=${OLD_DYN:-}
+LARGE=${LARGE:-1}
 WORK=${WORK:-/tmp/gpu_world}
 TOY=${TOY:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
@@ -116,22 +123,29 @@ say "data: $n_files files, $(du -sh "$DATA" | cut -f1)"
 
 # ---- tokenizer and LAM --------------------------------------------------------------------------
 # The tokenizer's set-up (the k-means fit on the CPU) took about 100 s on the H200 machine.
+TOK_INIT=()
+if [ -n "$OLD_DYN" ] && { [ -z "$OLD_TOK" ] || [ -z "$OLD_LAM" ]; }; then
+  say "OLD_DYN needs the OLD_TOK and OLD_LAM it was trained on"; exit 2
+fi
+for f in "$OLD_TOK" "$OLD_LAM" "$OLD_DYN"; do [ -z "$f" ] || [ -f "$f" ] || { say "no such checkpoint: $f"; exit 2; }; done
+[ -n "$OLD_TOK" ] && TOK_INIT=(--init_from "$OLD_TOK")
 start tok trainers.train_tokenizer --config configs/gpu/tokenizer_config.yaml --data_dir "$DATA" \
-    --device "$DEVICE" --out_dir "$RUN/tokenizer" --time_limit "$(minutes_left 120)" "${STEPS[@]}"
+    --device "$DEVICE" --out_dir "$RUN/tokenizer" --time_limit "$(minutes_left 120)" "${TOK_INIT[@]}" "${STEPS[@]}"
 smoke lam trainers.train_lam --config configs/gpu/lam_config.yaml --data_dir "$DATA" --device "$DEVICE"
 start lam trainers.train_lam --config configs/gpu/lam_config.yaml --data_dir "$DATA" \
     --device "$DEVICE" --out_dir "$RUN/lam" --time_limit "$LAM_MIN" "${STEPS[@]}"
 NEW_LAM=$RUN/lam/lam/latest.pt
 TOK=$RUN/tokenizer/tokenizer/checkpoint_step_100.pt
 [ "$TOY" = 1 ] && TOK=$RUN/tokenizer/tokenizer/latest.pt
+[ -n "$OLD_TOK" ] && TOK=$OLD_TOK  # the codes the run keeps: the dynamics need not wait
 say "waiting for the tokenizer's first checkpoint (its codes are fixed from step 1)"
 until [ -e "$TOK" ]; do check; sleep 2; done
 say "tokenizer codes ready"
 
-dyn() {  # dyn NAME CONFIG LAM
-  local name=$1 cfg=$2 lam=$3
+dyn() {  # dyn NAME CONFIG LAM [ARGS...]
+  local name=$1 cfg=$2 lam=$3; shift 3
   local args=(trainers.train_dynamics --config "$cfg" --data_dir "$DATA" --device "$DEVICE"
-              --tokenizer_path "$TOK" --lam_path "$lam")
+              --tokenizer_path "$TOK" --lam_path "$lam" "$@")
   smoke "$name" "${args[@]}"
   start "$name" "${args[@]}" --out_dir "$RUN/$name" --time_limit "$(minutes_left 30)" "${STEPS[@]}"
 }
@@ -140,8 +154,10 @@ if [ -z "$OLD_LAM" ]; then
   while [ -n "${PIDS[lam]:-}" ]; do check; sleep 2; done
   OLD_LAM=$NEW_LAM
 fi
-dyn dyn configs/gpu/dynamics_config.yaml "$OLD_LAM"
-dyn large configs/gpu/dynamics_large_config.yaml "$OLD_LAM"
+DYN_INIT=()
+[ -n "$OLD_DYN" ] && DYN_INIT=(--init_from "$OLD_DYN")
+dyn dyn configs/gpu/dynamics_config.yaml "$OLD_LAM" "${DYN_INIT[@]}"
+[ "$LARGE" = 1 ] && dyn large configs/gpu/dynamics_large_config.yaml "$OLD_LAM"
 while [ -n "${PIDS[lam]:-}" ]; do check; sleep 2; done
 if [ "$OLD_LAM" != "$NEW_LAM" ]; then dyn newlam configs/gpu/dynamics_config.yaml "$NEW_LAM"; fi
 
