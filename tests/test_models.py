@@ -447,6 +447,21 @@ def test_changed_token_weight_pays_more_for_the_tokens_that_differ_from_the_fram
         dynamics_cfg(changed_token_weight=0.0)
 
 
+def test_changed_token_loss_compiles_and_matches_eager():
+    # Training with --compile runs this through inductor, whose CPU code for the first version
+    # (the changed flags assigned into a slice of a zeros tensor) did not build.
+    from genie_env.models.dynamics import changed_token_loss
+    tokens = torch.randint(0, 4, (3, 4, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.rand(3, 4, 16, generator=torch.Generator().manual_seed(1)) < 0.5
+    ce = torch.rand(int(mask.sum()), generator=torch.Generator().manual_seed(2))
+    eager = changed_token_loss(ce, tokens, mask, 3.0)
+    assert torch.allclose(torch.compile(changed_token_loss)(ce, tokens, mask, 3.0), eager)
+    changed = torch.zeros_like(mask)
+    changed[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
+    w = 1 + 2 * changed[mask].float()
+    assert torch.allclose(eager, (w * ce).sum() / w.sum())
+
+
 def test_commit_noise_is_seeded_per_row_and_changes_the_samples():
     torch.manual_seed(0)
     dyn = DynamicsModel(dynamics_cfg(commit_noise=4.5, temperature=1.0)).eval()

@@ -33,6 +33,18 @@ from genie_env.config import DynamicsConfig
 from genie_env.nn.st_transformer import STTransformer, TemporalKVCache, init_weights
 
 
+def changed_token_loss(ce_each: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                       weight: float) -> torch.Tensor:
+    """Mean of the masked tokens' losses ``ce_each`` (in ``mask`` order; tokens (B, T, N)) with
+    each token that differs from the one before it in time weighted ``weight`` times."""
+    # Concatenated, not assigned into a zeros tensor's slice: inductor's CPU code for that (then
+    # indexed by the mask) did not compile (torch 2.13), so training with --compile failed
+    # whenever the weight was set.
+    changed = torch.cat([torch.zeros_like(mask[:, :1]), tokens[:, 1:] != tokens[:, :-1]], dim=1)
+    w = 1.0 + (weight - 1.0) * changed[mask].float()
+    return (w * ce_each).sum() / w.sum()
+
+
 def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int, num_tokens: int,
                    mask_id: int, steps: int, temperature: float, device,
                    generators: Sequence[torch.Generator] | None = None,
@@ -201,10 +213,7 @@ class DynamicsModel(nn.Module):
             ce = ce_each.mean()
             loss = ce
             if self.cfg.changed_token_weight != 1.0:
-                changed = torch.zeros_like(mask)
-                changed[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
-                w = torch.where(changed[mask], self.cfg.changed_token_weight, 1.0)
-                loss = (w * ce_each).sum() / w.sum()
+                loss = changed_token_loss(ce_each, tokens, mask, self.cfg.changed_token_weight)
             with torch.no_grad():
                 acc = (logits[mask].argmax(-1) == tokens[mask]).float().mean()
         else:
