@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py --preset tiny --device cpu
     python benchmarks/train_step.py --preset seed --device cuda --batch_size 16 --bf16 --grad_checkpointing
+    python benchmarks/train_step.py --configs configs/candidate/dynamics_cfg_config.yaml --compile
 
 Each (config, batch) runs in a fresh subprocess so that peak memory (CUDA: max allocated;
 CPU: the process's max RSS above its size before the model existed) belongs to that step alone.
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(config: str, batch: int, steps: int, device: str, bf16: bool, ckpt: bool) -> dict:
+def one(config: str, batch: int, steps: int, device: str, bf16: bool, ckpt: bool, compile: bool = False) -> dict:
     import torch
 
     from genie_env.config import load_config
@@ -39,6 +40,7 @@ def one(config: str, batch: int, steps: int, device: str, bf16: bool, ckpt: bool
     torch.manual_seed(0)
     model = build_model(cfg.kind, cfg.model).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fn = torch.compile(model) if compile else model
     t = cfg.data.clip_len
     m = cfg.model
     if cfg.kind == "dynamics":
@@ -51,12 +53,12 @@ def one(config: str, batch: int, steps: int, device: str, bf16: bool, ckpt: bool
     times = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for i in range(steps + 1):  # the first step warms up and is not timed
+    for i in range(steps + 1):  # the first step warms up (and compiles) and is not timed
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with autocast:
-            loss = model(*inputs)["loss"]
+            loss = fn(*inputs)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,22 +80,25 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--grad_checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model, as train --compile does")
+    p.add_argument("--configs", nargs="+", default=None, help="these stage YAMLs instead of the preset's three")
     p.add_argument("--one", nargs=2, metavar=("CONFIG", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.steps, args.device, args.bf16,
-                             args.grad_checkpointing)))
+                             args.grad_checkpointing, args.compile)))
         return
     sys.path.insert(0, str(ROOT))
     from genie_env.config import load_config
     folder = ROOT / "configs" / ("tiny" if args.preset == "tiny" else "")
     rows = []
-    for kind in ("tokenizer", "lam", "dynamics"):
-        config = folder / f"{kind}_config.yaml"
+    configs = [ROOT / c for c in args.configs] if args.configs else \
+        [folder / f"{kind}_config.yaml" for kind in ("tokenizer", "lam", "dynamics")]
+    for config in configs:
         batch = args.batch_size or load_config(config).train.batch_size
         cmd = [sys.executable, __file__, "--one", str(config), str(batch), "--steps", str(args.steps),
                "--device", args.device] + (["--bf16"] if args.bf16 else []) + \
-              (["--grad_checkpointing"] if args.grad_checkpointing else [])
+              (["--grad_checkpointing"] if args.grad_checkpointing else []) + (["--compile"] if args.compile else [])
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             rows.append({"config": str(config.relative_to(ROOT)), "error": out.stderr.strip().splitlines()[-1]})
@@ -102,7 +107,7 @@ def main() -> None:
         row["config"] = str(Path(row["config"]).relative_to(ROOT))
         rows.append(row)
     print(f"# train_step: {date.today()}, {platform.node()}, {platform.processor() or platform.machine()}, "
-          f"device={args.device}, bf16={args.bf16}, grad_checkpointing={args.grad_checkpointing}")
+          f"device={args.device}, bf16={args.bf16}, grad_checkpointing={args.grad_checkpointing}, compile={args.compile}")
     print(f"# command: python benchmarks/train_step.py {' '.join(sys.argv[1:])}\n")
     print("| config | params (M) | batch x frames | step (s) | frames/s | peak memory (GiB) |")
     print("|---|---|---|---|---|---|")

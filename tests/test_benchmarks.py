@@ -27,6 +27,10 @@ def test_train_step_benchmark_measures_each_tiny_stage():
     for kind in ("tokenizer", "lam", "dynamics"):
         row = next(line for line in out.splitlines() if f"configs/tiny/{kind}_config.yaml" in line)
         assert "error" not in row and float(row.split(" | ")[3]) > 0  # step seconds
+    one = run("benchmarks/train_step.py", "--configs", "configs/tiny/dynamics_config.yaml", "--steps", "1",
+              "--batch_size", "2")
+    rows = [line for line in one.splitlines() if line.startswith("| configs/")]
+    assert len(rows) == 1 and rows[0].startswith("| configs/tiny/dynamics_config.yaml |") and "error" not in rows[0]
 
 
 def test_env_step_benchmark_builds_the_seed_size_models():
