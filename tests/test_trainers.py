@@ -337,6 +337,24 @@ def test_export_packages_a_playable_world(trained, coinrun_dir, key_probes, tmp_
     got = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255 for p in pngs])
     assert (got - expected).abs().max() <= 1 / 255 + 1e-6
 
+    # --prune_codes: both checkpoints keep the 16 codes the training frames use most, say so, and play.
+    assert cli(["export", "--run", str(trained["out"]), "--data_dir", str(coinrun_dir), "--out", str(out),
+                "--prune_codes", "16"]) == 0
+    tok, dyn = load_model(out / "tokenizer.pt", "tokenizer"), load_model(out / "dynamics.pt", "dynamics")
+    assert tok.cfg.num_codes == dyn.cfg.vocab_size == 16
+    for kind in ("tokenizer", "dynamics"):
+        assert load_checkpoint(out / f"{kind}.pt")["extra"]["pruned"]["codes kept"] == 16
+    full = load_model(trained["tokenizer"], "tokenizer")
+    assert {tuple(v) for v in tok.vq.codes().tolist()} <= {tuple(v) for v in full.vq.codes().tolist()}
+    env = gym.make("Genie-v0", tokenizer_path=out / "tokenizer.pt", dynamics_path=out / "dynamics.pt",
+                   prompt=out / "prompts", device="cpu")
+    env.reset(seed=0)
+    assert env.step(1)[0].shape == (32, 32, 3)
+    before = (out / "tokenizer.pt").read_bytes()
+    assert cli(["export", "--run", str(trained["out"]), "--data_dir", str(coinrun_dir), "--out", str(out),
+                "--prune_codes", "65"]) == 2  # more than the 64 codes: refused by name, before any write
+    assert (out / "tokenizer.pt").read_bytes() == before
+
 
 def test_tensorboard_gets_throughput_and_peak_memory(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

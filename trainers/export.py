@@ -7,6 +7,7 @@ drop the optimizer and RNG state; they load with ``weights_only=True`` like ever
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -16,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genie_env.checkpoint import load_checkpoint, load_model, load_model_and_config, save_checkpoint
+from genie_env.checkpoint import config_from_checkpoint, load_checkpoint, load_model, load_model_and_config, save_checkpoint
 from genie_env.data.collect import PROCGEN_COMBOS
 from genie_env.data.h5 import ClipDataset
 from genie_env.data.probes import load_key_probes
+from genie_env.prune import check_keep, code_counts, prune_world
 from genie_env.prompts import load_prompts
 from genie_env.video import to_uint8
 
@@ -94,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="key probes (genie-env probes): take the prompts from the probes in which both the "
                         "real game's right and left keys scrolled the scene their way, instead of held-out "
                         "episodes' first frames (where CoinRun's left key cannot move)")
+    p.add_argument("--prune_codes", type=int, default=None, metavar="K",
+                   help="keep only the K token codes that the training episodes of --data_dir use most, in the "
+                        "tokenizer and the dynamics model (genie_env.prune): drops codes that hardly recur")
 
 
 def weights_only(src: str | Path, dst: str | Path, kind: str | None = None):
@@ -104,14 +109,35 @@ def weights_only(src: str | Path, dst: str | Path, kind: str | None = None):
     return Path(dst).stat().st_size, stage
 
 
+def prune_export(out: Path, data_dir, keep: int) -> dict:
+    """Prune the exported tokenizer.pt and dynamics.pt in ``out`` to the ``keep`` codes the training
+    frames use most (:mod:`genie_env.prune`); returns the summary, which both files also keep."""
+    tokenizer, tok_stage = load_model_and_config(out / "tokenizer.pt", "tokenizer")
+    dynamics, dyn_stage = load_model_and_config(out / "dynamics.pt", "dynamics")
+    counts = code_counts(tokenizer, data_dir, tok_stage.data)
+    tokenizer, dynamics, summary = prune_world(tokenizer, dynamics, counts, keep)
+    for name, model, stage in (("tokenizer", tokenizer, tok_stage), ("dynamics", dynamics, dyn_stage)):
+        step = int(load_checkpoint(out / f"{name}.pt", name)["step"])
+        save_checkpoint(out / f"{name}.pt", model, dataclasses.replace(stage, model=model.cfg), step=step,
+                        include_rng=False, extra={"pruned": summary})
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
     run_dir, out = Path(args.run), Path(args.out)
+    if args.prune_codes is not None:  # checked before anything in --out is overwritten
+        tok_ckpt = run_dir / "tokenizer" / "latest.pt"
+        check_keep(args.prune_codes, config_from_checkpoint(load_checkpoint(tok_ckpt, "tokenizer"), tok_ckpt).model.num_codes)
     out.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for kind in ("tokenizer", "lam", "dynamics"):
         src = run_dir / kind / "latest.pt"
         sizes[kind], stage = weights_only(src, out / f"{kind}.pt", kind)
     dyn_stage = stage
+    if args.prune_codes is not None:
+        summary = prune_export(out, args.data_dir, args.prune_codes)
+        sizes = {k: (out / f"{k}.pt").stat().st_size for k in sizes}
+        log.info("pruned the codebook: %s", json.dumps(summary))
     image_size = load_model(out / "tokenizer.pt").cfg.image_size
     prompts = (probe_prompts(args.key_probes, image_size, args.num_prompts) if args.key_probes
                else episode_starts(args.data_dir, image_size, dyn_stage.data, args.num_prompts))
