@@ -103,3 +103,13 @@ def test_action_scroll_benchmark_scores_every_action(coinrun_dir):
     for line in per_action:
         left, right = float(line.split("left ")[1].split(",")[0]), float(line.split("right ")[1].split(" ")[0])
         assert 0 <= left + right <= 1
+
+
+def test_prune_codes_benchmark_scores_each_codebook_size(coinrun_dir):
+    out = run("benchmarks/prune_codes.py", "--tokenizer", "genie_env/assets/coinrun/tokenizer.pt", "--data_dir",
+              str(coinrun_dir), "--heldout_dir", str(coinrun_dir), "--keep", "256", "16", "--frames", "24")
+    rows = {int(r.split(" | ")[0][2:]): r.split(" | ")[1:] for r in out.splitlines() if r.startswith("| ") and r[2].isdigit()}
+    assert set(rows) == {256, 16}
+    assert rows[256][0] == rows[256][1] == "0.00%"  # nothing dropped from the whole codebook
+    assert float(rows[16][0][:-1]) > 0 and float(rows[16][2]) <= 16  # 16 codes: some patches moved, perplexity <= 16
+    assert float(rows[16][4].rstrip(" |")) < float(rows[256][4].rstrip(" |"))  # fewer codes, a worse picture
