@@ -142,6 +142,13 @@ class DynamicsConfig:
     # MaskGIT's annealed randomness in the commit order: Gumbel noise of this scale times
     # (1 - k/steps) is added to the log-confidence at pass k (0: commit by confidence alone).
     commit_noise: float = 0.0
+    # Inference only: how many MaskGIT passes draw their tokens at `temperature`; the later
+    # passes take each position's most probable code (None, or maskgit_steps or more: every pass
+    # draws, the paper's sampler). With commit noise the first pass commits a few tokens at
+    # random positions, drawn: they decide which way the frame goes (a scroll or not), and the
+    # rest follow them at their most probable, instead of each drawing its own way and breaking
+    # a scroll into stripes (docs/design.md).
+    sampled_passes: Union[int, None] = None
     # Inference only: action guidance g. Each MaskGIT pass also runs the frame under a reference
     # action and samples from (1 + g) log p(x | action) - g log p(x | reference), which
     # strengthens what the chosen action changes over what any action would; 0 is off (the
@@ -180,6 +187,8 @@ class DynamicsConfig:
 
     def __post_init__(self):
         check_action_guidance(self.action_guidance)
+        if self.sampled_passes is not None and self.sampled_passes < 1:
+            raise ConfigError(f"sampled_passes must be >= 1 (null: every MaskGIT pass samples), got {self.sampled_passes}")
         if not self.changed_token_weight > 0:
             raise ConfigError(f"changed_token_weight must be > 0 (1 is the plain mean), got {self.changed_token_weight}")
         if not 0.0 <= self.hflip_prob <= 1.0:

@@ -334,6 +334,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     results = {
         "clips": len(idx), "clip_len": clip_len, "split": split, "commit noise": float(dynamics.cfg.commit_noise),
         "temperature": float(dynamics.cfg.temperature), "MaskGIT steps": int(dynamics.cfg.maskgit_steps),
+        "MaskGIT passes that sample": dynamics.cfg.sampled_passes,
         "action guidance": float(dynamics.cfg.action_guidance),
         "tokenizer PSNR (dB)": float(mean("tok_psnr")), "tokenizer SSIM": float(mean("tok_ssim")),
         **({"tokenizer PSNR, its pixel codes alone (dB)": float(mean("tok_codes_psnr"))} if "tok_codes_psnr" in sums else {}),
@@ -462,22 +463,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "states against what the real game did there")
     p.add_argument("--action_clips", type=int, default=256,
                    help="clips whose transitions give the LAM's perplexity and agreement with the true actions")
-    p.add_argument("--commit_noise", type=float, default=None,
-                   help="MaskGIT's annealed commit-order noise for this evaluation (default: the checkpoint's)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="MaskGIT sampling temperature for this evaluation (default: the checkpoint's; 0: greedy)")
-    p.add_argument("--maskgit_steps", type=int, default=None,
-                   help="MaskGIT passes per frame for this evaluation (default: the checkpoint's): fewer passes "
-                        "step faster; this shows what that costs")
-    p.add_argument("--action_guidance", type=float, default=None,
-                   help="action guidance for this evaluation (default: the checkpoint's; 0: off): each MaskGIT "
-                        "pass also runs the mean action and strengthens what the chosen one changes")
+    add_sampler_arguments(p, "for this evaluation")
     p.add_argument("--dtype", default="float32",
                    help="precision of the tokenizer and dynamics model (float32, or bfloat16 to see what it costs)")
 
 
-# Sampler settings a command may override for one evaluation, and the least each may be.
-SAMPLER_MINIMUM = {"commit_noise": 0, "temperature": 0, "maskgit_steps": 1, "action_guidance": 0}
+# Sampler settings a command may set (eval: for one evaluation; export: in the exported dynamics
+# checkpoint): the flag's type, the least it may be, and what it does.
+SAMPLER_FLAGS = {
+    "commit_noise": (float, 0, "MaskGIT's annealed commit-order noise"),
+    "temperature": (float, 0, "MaskGIT sampling temperature (0: greedy)"),
+    "maskgit_steps": (int, 1, "MaskGIT passes per frame (fewer step faster; eval shows what that costs)"),
+    "sampled_passes": (int, 1, "MaskGIT passes that draw at the temperature; the later ones take each token's "
+                               "most probable code"),
+    "action_guidance": (float, 0, "action guidance (0: off): each MaskGIT pass also runs a reference action and "
+                                  "strengthens what the chosen one changes"),
+}
+SAMPLER_MINIMUM = {name: least for name, (_, least, _) in SAMPLER_FLAGS.items()}
+
+
+def add_sampler_arguments(p: argparse.ArgumentParser, where: str) -> None:
+    """The sampler flags of :data:`SAMPLER_FLAGS`, each applying ``where``."""
+    for name, (kind, _, what) in SAMPLER_FLAGS.items():
+        p.add_argument(f"--{name}", type=kind, default=None, help=f"{what}, {where} (default: the checkpoint's)")
 
 
 def check_sampler(sampler: dict) -> None:

@@ -153,7 +153,8 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
 @pytest.mark.parametrize("flag, values, key", [("--commit_noise", ("0", "4"), "commit noise"),
                                                ("--temperature", ("1", "0"), "temperature"),
                                                ("--maskgit_steps", ("8", "2"), "MaskGIT steps"),
-                                               ("--action_guidance", ("0", "2"), "action guidance")])
+                                               ("--action_guidance", ("0", "2"), "action guidance"),
+                                               ("--sampled_passes", ("8", "1"), "MaskGIT passes that sample")])
 def test_eval_sampler_options_change_the_rollouts_only(coinrun_dir, tmp_path, flag, values, key):
     from genie_env.cli import main
     results = {}
@@ -166,9 +167,10 @@ def test_eval_sampler_options_change_the_rollouts_only(coinrun_dir, tmp_path, fl
     assert first["tokenizer PSNR (dB)"] == second["tokenizer PSNR (dB)"]
     assert first["rollout PSNR by t, inferred actions (dB)"] != second["rollout PSNR by t, inferred actions (dB)"]
     assert main(["eval", "--data_dir", str(coinrun_dir), flag, "-1", "--device", "cpu"]) == 2
-    if flag != "--maskgit_steps":  # an integer flag: argparse refuses "nan" itself
+    integer = flag in ("--maskgit_steps", "--sampled_passes")
+    if not integer:  # argparse refuses "nan" for an integer flag itself
         assert main(["eval", "--data_dir", str(coinrun_dir), flag, "nan", "--device", "cpu"]) == 2
-    if flag == "--maskgit_steps":
+    if integer:
         assert main(["eval", "--data_dir", str(coinrun_dir), flag, "0", "--device", "cpu"]) == 2
     assert main(["eval", "--data_dir", str(coinrun_dir), "--action_clips", "0", "--device", "cpu"]) == 2
 

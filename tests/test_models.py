@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from genie_env.config import ConfigError
 from genie_env.metrics import psnr
 from genie_env.models import DynamicsModel, LatentActionModel, VideoTokenizer
 from genie_env.models.tokenizer import patchify, unpatchify
@@ -477,6 +478,38 @@ def test_commit_noise_is_seeded_per_row_and_changes_the_samples():
                                  plain.sample_next(cache, action, generators=_gens([s, s + 1, s + 2])))
                  for s in range(10))
     assert differ > 0
+
+
+def test_sampled_passes_draw_only_the_first_passes_and_the_rest_take_the_argmax():
+    from genie_env.models.dynamics import maskgit_sample
+    n, vocab, steps = 64, 6, 4
+    logits = torch.randn(2, n, vocab, generator=torch.Generator().manual_seed(0)) * 0.3  # flat: draws vary
+
+    def sample(passes, noise=0.0):
+        gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
+        return maskgit_sample(lambda tok: logits, 2, n, vocab, steps, 1.0, "cpu", gens, noise, passes)
+
+    every = sample(None)
+    assert torch.equal(sample(steps), every) and torch.equal(sample(steps + 3), every)
+    # The first pass commits n - floor(n cos(pi/8)) = 5 tokens; they are drawn as in the plain
+    # sampler (same uniforms), and every later token is the argmax.
+    first_only = sample(1)
+    off_argmax = first_only != logits.argmax(-1)
+    assert (off_argmax.sum(dim=1) <= 5).all() and off_argmax.any()
+    assert torch.equal(first_only[off_argmax], every[off_argmax])
+    assert ((every != logits.argmax(-1)).sum(dim=1) > 5).all()  # drawing on would have strayed further
+    assert ((sample(1, noise=2.0) != logits.argmax(-1)).sum(dim=1) <= 5).all()
+    with pytest.raises(ConfigError, match=r"sampled_passes must be >= 1 \(null: every MaskGIT pass samples\)"):
+        dynamics_cfg(sampled_passes=0)
+
+
+def test_sampled_passes_cached_equals_recompute():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(commit_noise=1.0, temperature=1.0, sampled_passes=2)).eval()
+    cache, tokens, actions = _observed(dyn, frames=3)
+    action = torch.tensor([0, 1, 3])
+    assert torch.equal(dyn.sample_next(cache, action, generators=_gens([1, 2, 3])),
+                       dyn.sample_next_uncached(tokens, actions, action, generators=_gens([1, 2, 3])))
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])

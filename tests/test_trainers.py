@@ -339,9 +339,11 @@ def test_export_packages_a_playable_world(trained, coinrun_dir, key_probes, tmp_
 
     # --prune_codes: both checkpoints keep the 16 codes the training frames use most, say so, and play.
     assert cli(["export", "--run", str(trained["out"]), "--data_dir", str(coinrun_dir), "--out", str(out),
-                "--prune_codes", "16"]) == 0
+                "--prune_codes", "16", "--sampled_passes", "1", "--temperature", "0.5"]) == 0
     tok, dyn = load_model(out / "tokenizer.pt", "tokenizer"), load_model(out / "dynamics.pt", "dynamics")
     assert tok.cfg.num_codes == dyn.cfg.vocab_size == 16
+    assert (dyn.cfg.sampled_passes, dyn.cfg.temperature) == (1, 0.5)  # the sampler flags, written in
+    assert dyn.cfg.maskgit_steps == load_model(trained["dynamics"], "dynamics").cfg.maskgit_steps  # the rest kept
     for kind in ("tokenizer", "dynamics"):
         assert load_checkpoint(out / f"{kind}.pt")["extra"]["pruned"]["codes kept"] == 16
     full = load_model(trained["tokenizer"], "tokenizer")
@@ -353,6 +355,8 @@ def test_export_packages_a_playable_world(trained, coinrun_dir, key_probes, tmp_
     before = (out / "tokenizer.pt").read_bytes()
     assert cli(["export", "--run", str(trained["out"]), "--data_dir", str(coinrun_dir), "--out", str(out),
                 "--prune_codes", "65"]) == 2  # more than the 64 codes: refused by name, before any write
+    assert cli(["export", "--run", str(trained["out"]), "--data_dir", str(coinrun_dir), "--out", str(out),
+                "--sampled_passes", "0"]) == 2
     assert (out / "tokenizer.pt").read_bytes() == before
 
 

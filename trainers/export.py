@@ -21,6 +21,7 @@ from genie_env.checkpoint import config_from_checkpoint, load_checkpoint, load_m
 from genie_env.data.collect import PROCGEN_COMBOS
 from genie_env.data.h5 import ClipDataset
 from genie_env.data.probes import load_key_probes
+from genie_env.evaluate import SAMPLER_MINIMUM, add_sampler_arguments, check_sampler, override_sampler
 from genie_env.prune import check_keep, code_counts, prune_world
 from genie_env.prompts import load_prompts
 from genie_env.video import to_uint8
@@ -99,6 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune_codes", type=int, default=None, metavar="K",
                    help="keep only the K token codes that the training episodes of --data_dir use most, in the "
                         "tokenizer and the dynamics model (genie_env.prune): drops codes that hardly recur")
+    add_sampler_arguments(p, "written into the exported dynamics checkpoint, so that gym.make and every command "
+                             "sample the world so")
 
 
 def weights_only(src: str | Path, dst: str | Path, kind: str | None = None):
@@ -123,8 +126,19 @@ def prune_export(out: Path, data_dir, keep: int) -> dict:
     return summary
 
 
+def set_sampler(path: Path, sampler: dict) -> None:
+    """Write the given sampler settings (None: keep) into the dynamics checkpoint at ``path``."""
+    dynamics, stage = load_model_and_config(path, "dynamics")
+    override_sampler(dynamics, sampler)
+    ckpt = load_checkpoint(path, "dynamics")
+    save_checkpoint(path, dynamics, dataclasses.replace(stage, model=dynamics.cfg), step=int(ckpt["step"]),
+                    include_rng=False, extra=ckpt.get("extra"))
+
+
 def run(args: argparse.Namespace) -> int:
     run_dir, out = Path(args.run), Path(args.out)
+    sampler = {name: getattr(args, name) for name in SAMPLER_MINIMUM}
+    check_sampler(sampler)
     if args.prune_codes is not None:  # checked before anything in --out is overwritten
         tok_ckpt = run_dir / "tokenizer" / "latest.pt"
         check_keep(args.prune_codes, config_from_checkpoint(load_checkpoint(tok_ckpt, "tokenizer"), tok_ckpt).model.num_codes)
@@ -138,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
         summary = prune_export(out, args.data_dir, args.prune_codes)
         sizes = {k: (out / f"{k}.pt").stat().st_size for k in sizes}
         log.info("pruned the codebook: %s", json.dumps(summary))
+    if any(v is not None for v in sampler.values()):
+        set_sampler(out / "dynamics.pt", sampler)
+        log.info("dynamics sampler set: %s", json.dumps({k: v for k, v in sampler.items() if v is not None}))
     image_size = load_model(out / "tokenizer.pt").cfg.image_size
     prompts = (probe_prompts(args.key_probes, image_size, args.num_prompts) if args.key_probes
                else episode_starts(args.data_dir, image_size, dyn_stage.data, args.num_prompts))

@@ -48,7 +48,7 @@ def changed_token_loss(ce_each: torch.Tensor, tokens: torch.Tensor, mask: torch.
 def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int, num_tokens: int,
                    mask_id: int, steps: int, temperature: float, device,
                    generators: Sequence[torch.Generator] | None = None,
-                   commit_noise: float = 0.0) -> torch.Tensor:
+                   commit_noise: float = 0.0, sampled_passes: int | None = None) -> torch.Tensor:
     """Decode one frame's tokens (B, N) from all-masked input in ``steps`` MaskGIT passes.
 
     ``logits_fn(tokens (B, N)) -> logits (B, N, V)``. At each pass every still-masked position
@@ -57,7 +57,9 @@ def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int
     n_masked = floor(N cos(pi/2 * k/steps)), so the last pass commits everything. With
     ``commit_noise`` > 0 the commit order ranks log-probability plus Gumbel noise of scale
     ``commit_noise * (1 - (k+1)/steps)`` (the original MaskGIT's annealed choice), drawn from each
-    row's generator after its sampling uniforms.
+    row's generator after its sampling uniforms. With ``sampled_passes`` set, only the first that
+    many passes draw; the later ones take the argmax (the uniforms are drawn for every pass all the
+    same, so a row's random stream does not depend on it).
 
     The schedule is computed on the host and each row's uniforms for all passes are drawn at
     once (one call per row and frame), so a decode never waits on the device mid-frame.
@@ -82,7 +84,7 @@ def maskgit_sample(logits_fn: Callable[[torch.Tensor], torch.Tensor], batch: int
     n_masked_now = num_tokens  # the schedule is the same for every row
     for k in range(steps):
         logits = logits_fn(tokens).float()
-        if temperature > 0:
+        if temperature > 0 and (sampled_passes is None or k < sampled_passes):
             probs = torch.softmax(logits / temperature, dim=-1)
             # Inverse-CDF sampling of each token from its uniform.
             cdf = probs.cumsum(dim=-1)
@@ -270,7 +272,7 @@ class DynamicsModel(nn.Module):
         return maskgit_sample(
             self._guided(logits_fn, act, g), action.shape[0], self.num_tokens, self.mask_id,
             steps or self.cfg.maskgit_steps, self.cfg.temperature if temperature is None else temperature,
-            action.device, generators, self.cfg.commit_noise)
+            action.device, generators, self.cfg.commit_noise, self.cfg.sampled_passes)
 
     def _guided(self, logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], act: torch.Tensor,
                 g: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -314,7 +316,7 @@ class DynamicsModel(nn.Module):
         return maskgit_sample(self._guided(logits_fn, self.action_emb(action).unsqueeze(-2), g),
                               action.shape[0], self.num_tokens, self.mask_id, steps or self.cfg.maskgit_steps,
                               self.cfg.temperature if temperature is None else temperature,
-                              action.device, generators, self.cfg.commit_noise)
+                              action.device, generators, self.cfg.commit_noise, self.cfg.sampled_passes)
 
     @torch.no_grad()
     def predict_reward_done(self, hidden: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
