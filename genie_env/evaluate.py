@@ -27,7 +27,8 @@
 - long horizon: rollout PSNR out to ``horizon`` frames (past the model's window), and a
   ``long_steps``-step episode of the world under random actions, scored by how far each frame's
   colours are from the closest real frame's (0 = a real frame's palette), against the same
-  distance for real held-out frames;
+  distance for real held-out frames, and a picture of that episode (``drift.png``: a row per
+  prompt, a column per scored step) to see what the distance scores;
 - with an arrow-key map (``action_map.json``), how often holding "right" (or "left") scrolls the
   scene the way the key says, and with key probes (``genie-env probes``, ``--key_probes``) the
   same from real states, against what the real game did when the key was held there (from an
@@ -58,7 +59,7 @@ from genie_env.bundled import bundled_paths, load_action_map
 from genie_env.metrics import (colour_histograms, first_pass_tokens, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
                                one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_each, psnr_per_frame, rollout,
                                scrolls_beside)
-from genie_env.video import to_uint8_frames, write_video
+from genie_env.video import to_uint8_frames, write_grid, write_video
 from genie_env.nn.vq import code_stats
 from genie_env.world import World
 
@@ -156,14 +157,18 @@ def long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon: int,
 
 @torch.no_grad()
 def drift(world: World, prompts: torch.Tensor, reference: torch.Tensor, real: torch.Tensor,
-          steps: int, seed: int) -> dict:
+          steps: int, seed: int, frames_at: dict | None = None) -> dict:
     """Run ``prompts`` (B, 3, H, W) for ``steps`` steps under uniformly random latent actions and
     report each checkpoint's mean colour-histogram distance to the nearest ``reference`` frame,
-    beside the same distance for ``real`` held-out frames (what a real CoinRun frame scores)."""
+    beside the same distance for ``real`` held-out frames (what a real CoinRun frame scores).
+    ``frames_at`` (a dict): filled with the frames (B, 3, H, W) at step 0 (the world's first
+    frame) and at each checkpoint, to look at what the distances score."""
     g = torch.Generator().manual_seed(seed)
     gens = [torch.Generator(device=world.device).manual_seed(seed + i) for i in range(prompts.shape[0])]
     ref = colour_histograms(reference)
-    world.reset(prompts)
+    first = world.reset(prompts)
+    if frames_at is not None:
+        frames_at[0] = first.cpu()
     marks = {t for t in (1, 10, 50, 100, 250, 500, steps) if t <= steps}
     out = {"drift: real held-out frames' colour distance": float(nearest_histogram_distance(real, ref).mean())}
     for t in range(1, steps + 1):
@@ -171,6 +176,8 @@ def drift(world: World, prompts: torch.Tensor, reference: torch.Tensor, real: to
                             generators=gens).frames
         if t in marks:
             out[f"drift: colour distance at step {t}"] = float(nearest_histogram_distance(frames.cpu(), ref).mean())
+            if frames_at is not None:
+                frames_at[t] = frames.cpu()
     return out
 
 
@@ -394,9 +401,10 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
                                     num_clips, seed, dev))
     prompts = torch.stack([val[i]["frames"][0] for i in idx[:8]]).to(dev)
     world = World(tokenizer, dynamics, prompts.shape[0], dev, dtype=next(dynamics.parameters()).dtype)
+    drift_frames: dict[int, torch.Tensor] = {}
     if long_steps > 0 and reference is not None:
         real = torch.stack([val[i]["frames"][-1] for i in idx])
-        results.update(drift(world, prompts, reference, real, long_steps, seed))
+        results.update(drift(world, prompts, reference, real, long_steps, seed, frames_at=drift_frames))
     if action_map is not None and {"left", "right"} <= set(action_map):
         results.update(direction_check(world, prompts, action_map, seed=seed))
         if key_probes is not None:
@@ -405,6 +413,9 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         results["video"] = str(write_video(out / video_name, torch.cat(first, dim=-1)))
+        if drift_frames:  # rows: the prompts; columns: steps 0, then each drift checkpoint
+            results["drift picture"] = str(write_grid(out / "drift.png", torch.stack(
+                [drift_frames[t] for t in sorted(drift_frames)], dim=1)))
         (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

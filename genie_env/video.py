@@ -62,6 +62,22 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     return frames.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else frames
 
 
+def write_grid(path: str | Path, grid: torch.Tensor, scale: int = 2, gap: int = 2) -> Path:
+    """Write a PNG of frames ``grid`` (rows, columns, 3, H, W) in [0, 1], each upscaled ``scale``
+    times, with ``gap`` white pixels between them. Returns the path written."""
+    rows, cols = grid.shape[:2]
+    tiles = upscale(to_uint8_frames(grid.flatten(0, 1)), scale)  # (rows * cols, h, w, 3)
+    h, w = tiles.shape[1:3]
+    img = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, cols)
+        img[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return path
+
+
 def _pyav():
     # Imported when an mp4 is written or read, so that training (which writes none) runs where
     # PyAV is missing, e.g. a GPU image with its own Python packages.

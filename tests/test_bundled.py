@@ -75,6 +75,8 @@ def test_sixteen_bundled_envs():
 
 
 def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, tmp_path, capsys):
+    from PIL import Image
+
     from genie_env.cli import main
     results = {}
     for dtype in ("float32", "bfloat16"):
@@ -84,6 +86,14 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
                      "--device", "cpu", "--dtype", dtype, "--horizon", "16", "--long_steps", "20", *probes]) == 0
         results[dtype] = json.loads((out / "results.json").read_text())
         assert (out / "side_by_side.mp4").stat().st_size > 0
+        # The drift episode's picture: a row per prompt (8), steps 0, 1, 10 and 20, frames drawn
+        # 2x with 2 white pixels between them.
+        drift_png = np.asarray(Image.open(out / "drift.png"))
+        assert drift_png.shape == (8 * 130 - 2, 4 * 130 - 2, 3)
+        assert (drift_png[128:130] == 255).all() and (drift_png[:, 128:130] == 255).all()
+        tiles = [drift_png[r * 130:r * 130 + 128, c * 130:c * 130 + 128] for r in range(8) for c in range(4)]
+        assert all(t.std() > 0 for t in tiles)  # every tile is a frame, not the background
+        assert json.loads((out / "results.json").read_text())["drift picture"] == str(out / "drift.png")
     assert "delta-t PSNR at t=4" in capsys.readouterr().out
     fp32, bf16 = results["float32"], results["bfloat16"]
     assert fp32["clips"] == bf16["clips"] == 8 and fp32["clip_len"] == 8
