@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genie_env.checkpoint import config_from_checkpoint, load_checkpoint, load_model, load_model_and_config, save_checkpoint
+from genie_env.checkpoint import load_checkpoint, load_model_and_config, save_checkpoint
 from genie_env.data.collect import PROCGEN_COMBOS
 from genie_env.data.h5 import ClipDataset
 from genie_env.data.probes import load_key_probes
@@ -104,58 +104,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                              "sample the world so")
 
 
+def load_for_export(src: str | Path, kind: str | None = None):
+    """``src``'s model (eval mode, CPU), its stage config and its training step."""
+    model, stage = load_model_and_config(src, kind)
+    return model, stage, int(load_checkpoint(src, kind)["step"])
+
+
+def save_for_export(dst: str | Path, model, stage, step: int, extra: dict | None = None) -> int:
+    """Write ``model`` with ``stage`` (its model config replaced by the model's own, which pruning or
+    sampler flags may have changed) and ``step``, without optimizer or RNG state; returns the size."""
+    save_checkpoint(dst, model, dataclasses.replace(stage, model=model.cfg), step=step, include_rng=False, extra=extra)
+    return Path(dst).stat().st_size
+
+
 def weights_only(src: str | Path, dst: str | Path, kind: str | None = None):
     """Write ``src``'s model, config and step to ``dst`` without optimizer or RNG state; returns
     (the file's size in bytes, the stage config)."""
-    model, stage = load_model_and_config(src, kind)
-    save_checkpoint(dst, model, stage, step=int(load_checkpoint(src, kind)["step"]), include_rng=False)
-    return Path(dst).stat().st_size, stage
-
-
-def prune_export(out: Path, data_dir, keep: int) -> dict:
-    """Prune the exported tokenizer.pt and dynamics.pt in ``out`` to the ``keep`` codes the training
-    frames use most (:mod:`genie_env.prune`); returns the summary, which both files also keep."""
-    tokenizer, tok_stage = load_model_and_config(out / "tokenizer.pt", "tokenizer")
-    dynamics, dyn_stage = load_model_and_config(out / "dynamics.pt", "dynamics")
-    counts = code_counts(tokenizer, data_dir, tok_stage.data)
-    tokenizer, dynamics, summary = prune_world(tokenizer, dynamics, counts, keep)
-    for name, model, stage in (("tokenizer", tokenizer, tok_stage), ("dynamics", dynamics, dyn_stage)):
-        step = int(load_checkpoint(out / f"{name}.pt", name)["step"])
-        save_checkpoint(out / f"{name}.pt", model, dataclasses.replace(stage, model=model.cfg), step=step,
-                        include_rng=False, extra={"pruned": summary})
-    return summary
-
-
-def set_sampler(path: Path, sampler: dict) -> None:
-    """Write the given sampler settings (None: keep) into the dynamics checkpoint at ``path``."""
-    dynamics, stage = load_model_and_config(path, "dynamics")
-    override_sampler(dynamics, sampler)
-    ckpt = load_checkpoint(path, "dynamics")
-    save_checkpoint(path, dynamics, dataclasses.replace(stage, model=dynamics.cfg), step=int(ckpt["step"]),
-                    include_rng=False, extra=ckpt.get("extra"))
+    model, stage, step = load_for_export(src, kind)
+    return save_for_export(dst, model, stage, step), stage
 
 
 def run(args: argparse.Namespace) -> int:
     run_dir, out = Path(args.run), Path(args.out)
     sampler = {name: getattr(args, name) for name in SAMPLER_MINIMUM}
     check_sampler(sampler)
-    if args.prune_codes is not None:  # checked before anything in --out is overwritten
-        tok_ckpt = run_dir / "tokenizer" / "latest.pt"
-        check_keep(args.prune_codes, config_from_checkpoint(load_checkpoint(tok_ckpt, "tokenizer"), tok_ckpt).model.num_codes)
-    out.mkdir(parents=True, exist_ok=True)
-    sizes = {}
-    for kind in ("tokenizer", "lam", "dynamics"):
-        src = run_dir / kind / "latest.pt"
-        sizes[kind], stage = weights_only(src, out / f"{kind}.pt", kind)
-    dyn_stage = stage
+    # Everything is loaded and changed in memory first, so a refused flag overwrites nothing in --out.
+    loaded = {kind: load_for_export(run_dir / kind / "latest.pt", kind) for kind in ("tokenizer", "lam", "dynamics")}
+    models = {kind: model for kind, (model, _, _) in loaded.items()}
+    dyn_stage = loaded["dynamics"][1]
+    extra = None
     if args.prune_codes is not None:
-        summary = prune_export(out, args.data_dir, args.prune_codes)
-        sizes = {k: (out / f"{k}.pt").stat().st_size for k in sizes}
+        tokenizer = models["tokenizer"]
+        check_keep(args.prune_codes, tokenizer.cfg.num_codes)
+        counts = code_counts(tokenizer, args.data_dir, loaded["tokenizer"][1].data)
+        models["tokenizer"], models["dynamics"], summary = prune_world(tokenizer, models["dynamics"], counts,
+                                                                        args.prune_codes)
+        extra = {"pruned": summary}
         log.info("pruned the codebook: %s", json.dumps(summary))
     if any(v is not None for v in sampler.values()):
-        set_sampler(out / "dynamics.pt", sampler)
+        override_sampler(models["dynamics"], sampler)
         log.info("dynamics sampler set: %s", json.dumps({k: v for k, v in sampler.items() if v is not None}))
-    image_size = load_model(out / "tokenizer.pt").cfg.image_size
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = {kind: save_for_export(out / f"{kind}.pt", models[kind], stage, step, None if kind == "lam" else extra)
+             for kind, (_, stage, step) in loaded.items()}
+    image_size = models["tokenizer"].cfg.image_size
     prompts = (probe_prompts(args.key_probes, image_size, args.num_prompts) if args.key_probes
                else episode_starts(args.data_dir, image_size, dyn_stage.data, args.num_prompts))
     prompt_dir = out / "prompts"
@@ -165,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     for k, frame in enumerate(prompts):
         Image.fromarray(to_uint8(frame.permute(1, 2, 0).numpy())).save(prompt_dir / f"prompt_{k:02d}.png")
     try:
-        amap = procgen_action_map(load_model(out / "lam.pt", "lam"), args.data_dir, dyn_stage.data.clip_len)
+        amap = procgen_action_map(models["lam"], args.data_dir, dyn_stage.data.clip_len)
         (out / "action_map.json").write_text(json.dumps(amap, indent=1))
     except ValueError as e:
         log.warning("no action map written: %s", e)
