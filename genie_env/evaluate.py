@@ -25,10 +25,11 @@
   still) for every rollout figure, and per-patch k-means with the tokenizer's patch size and
   code count (the same bits per frame, no learning) for the tokenizer;
 - long horizon: rollout PSNR out to ``horizon`` frames (past the model's window), and a
-  ``long_steps``-step episode of the world under random actions, scored by how far each frame's
+  ``long_steps``-step episode of the world under random actions from ``drift_prompts`` held-out
+  prompts (8 by default; one episode's figures move with its prompts), scored by how far each frame's
   colours are from the closest real frame's (0 = a real frame's palette), against the same
   distance for real held-out frames, and a picture of that episode (``drift.png``: a row per
-  prompt, a column per scored step) to see what the distance scores;
+  prompt, the first 8, a column per scored step) to see what the distance scores;
 - with an arrow-key map (``action_map.json``), how often holding "right" (or "left") scrolls the
   scene the way the key says, and with key probes (``genie-env probes``, ``--key_probes``) the
   same from real states, against what the real game did when the key was held there (from an
@@ -270,7 +271,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
                    clip_len: int | None = None, split: str | None = "val", seed: int = 0, batch: int = 16,
                    video_name: str = "side_by_side.mp4", horizon: int = 32, long_steps: int = 500,
                    baseline_data=None, action_map: dict | None = None, data_config=None,
-                   action_clips: int = 256, key_probes: dict | None = None) -> dict:
+                   action_clips: int = 256, key_probes: dict | None = None, drift_prompts: int = 8) -> dict:
     """The numbers listed in the module docstring, on ``num_clips`` clips of ``split`` episodes.
 
     ``baseline_data``: H5 episodes (not the evaluated ones) to fit the k-means baseline and to
@@ -278,7 +279,10 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     unless ``split`` is None (all episodes), when both are left out. ``horizon`` or
     ``long_steps`` 0 leaves out their parts. The LAM's statistics (perplexity, agreement with
     the true actions) come from ``action_clips`` clips, at least ``num_clips``: the LAM is cheap
-    and mutual information needs many transitions to be read. ``data_config`` (the dynamics checkpoint's
+    and mutual information needs many transitions to be read. The drift episode starts from the
+    first ``drift_prompts`` clips' first frames (at most ``num_clips``; its picture shows the first
+    8): the colour distance of one episode varies with its prompts, so comparing worlds whose
+    figures lie close wants more of them. ``data_config`` (the dynamics checkpoint's
     ``DataConfig``) decides which episodes form the held-out split, as in its training run.
     """
     dev = next(dynamics.parameters()).device
@@ -399,12 +403,16 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     if horizon > 0:
         results.update(long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon,
                                     num_clips, seed, dev))
-    prompts = torch.stack([val[i]["frames"][0] for i in idx[:8]]).to(dev)
-    world = World(tokenizer, dynamics, prompts.shape[0], dev, dtype=next(dynamics.parameters()).dtype)
+    dtype = next(dynamics.parameters()).dtype
     drift_frames: dict[int, torch.Tensor] = {}
     if long_steps > 0 and reference is not None:
+        starts = torch.stack([val[i]["frames"][0] for i in idx[:drift_prompts]]).to(dev)
         real = torch.stack([val[i]["frames"][-1] for i in idx])
-        results.update(drift(world, prompts, reference, real, long_steps, seed, frames_at=drift_frames))
+        results["drift: prompts"] = len(starts)
+        results.update(drift(World(tokenizer, dynamics, len(starts), dev, dtype=dtype), starts, reference, real,
+                             long_steps, seed, frames_at=drift_frames))
+    prompts = torch.stack([val[i]["frames"][0] for i in idx[:8]]).to(dev)
+    world = World(tokenizer, dynamics, prompts.shape[0], dev, dtype=dtype)
     if action_map is not None and {"left", "right"} <= set(action_map):
         results.update(direction_check(world, prompts, action_map, seed=seed))
         if key_probes is not None:
@@ -415,7 +423,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         results["video"] = str(write_video(out / video_name, torch.cat(first, dim=-1)))
         if drift_frames:  # rows: the prompts; columns: steps 0, then each drift checkpoint
             results["drift picture"] = str(write_grid(out / "drift.png", torch.stack(
-                [drift_frames[t] for t in sorted(drift_frames)], dim=1)))
+                [drift_frames[t][:8] for t in sorted(drift_frames)], dim=1)))
         (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -463,6 +471,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="long-horizon rollout length in generated frames (0: skip)")
     p.add_argument("--long_steps", type=int, default=500,
                    help="steps of the random-action episode scored for drift (0: skip)")
+    p.add_argument("--drift_prompts", type=int, default=None,
+                   help="held-out prompts the drift episode starts from, at most --clips (default: 8, or "
+                        "--clips if fewer)")
     p.add_argument("--baseline_data", default=None,
                    help="H5 episodes (not the evaluated ones) for the k-means baseline and the drift "
                         "reference; default: the training split of --data_dir (none with --split all)")
@@ -516,6 +527,12 @@ def override_sampler(dynamics, sampler: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_positive(args, "clips", "action_clips")
+    if args.drift_prompts is None:
+        args.drift_prompts = min(8, args.clips)
+    check_positive(args, "drift_prompts")
+    if args.drift_prompts > args.clips:
+        raise ValueError(f"--drift_prompts {args.drift_prompts} exceeds --clips {args.clips}: the drift episode "
+                         f"starts from the evaluated clips; give more --clips or fewer --drift_prompts")
     sampler = {name: getattr(args, name) for name in SAMPLER_MINIMUM}
     check_sampler(sampler)
     dev = resolve_device(args.device)
@@ -535,6 +552,7 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_world(tok, lam, dyn, args.data_dir, args.out, args.clips, args.clip_len,
                              None if args.split == "all" else args.split, args.seed, horizon=args.horizon,
                              long_steps=args.long_steps, baseline_data=args.baseline_data, action_map=amap,
-                             data_config=dyn_stage.data, action_clips=args.action_clips, key_probes=probes)
+                             data_config=dyn_stage.data, action_clips=args.action_clips, key_probes=probes,
+                             drift_prompts=args.drift_prompts)
     print(format_table(results))
     return 0

@@ -82,16 +82,19 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / dtype
         probes = ["--key_probes", str(key_probes)] if dtype == "float32" else []
+        rows = 8 if dtype == "float32" else 4  # the default drift prompts, then --drift_prompts 4
         assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "8", "--out", str(out),
-                     "--device", "cpu", "--dtype", dtype, "--horizon", "16", "--long_steps", "20", *probes]) == 0
+                     "--device", "cpu", "--dtype", dtype, "--horizon", "16", "--long_steps", "20",
+                     "--drift_prompts", str(rows), *probes]) == 0
         results[dtype] = json.loads((out / "results.json").read_text())
         assert (out / "side_by_side.mp4").stat().st_size > 0
-        # The drift episode's picture: a row per prompt (8), steps 0, 1, 10 and 20, frames drawn
+        # The drift episode's picture: a row per prompt, steps 0, 1, 10 and 20, frames drawn
         # 2x with 2 white pixels between them.
+        assert results[dtype]["drift: prompts"] == rows
         drift_png = np.asarray(Image.open(out / "drift.png"))
-        assert drift_png.shape == (8 * 130 - 2, 4 * 130 - 2, 3)
+        assert drift_png.shape == (rows * 130 - 2, 4 * 130 - 2, 3)
         assert (drift_png[128:130] == 255).all() and (drift_png[:, 128:130] == 255).all()
-        tiles = [drift_png[r * 130:r * 130 + 128, c * 130:c * 130 + 128] for r in range(8) for c in range(4)]
+        tiles = [drift_png[r * 130:r * 130 + 128, c * 130:c * 130 + 128] for r in range(rows) for c in range(4)]
         assert all(t.std() > 0 for t in tiles)  # every tile is a frame, not the background
         assert json.loads((out / "results.json").read_text())["drift picture"] == str(out / "drift.png")
     assert "delta-t PSNR at t=4" in capsys.readouterr().out
@@ -183,6 +186,9 @@ def test_eval_sampler_options_change_the_rollouts_only(coinrun_dir, tmp_path, fl
     if integer:
         assert main(["eval", "--data_dir", str(coinrun_dir), flag, "0", "--device", "cpu"]) == 2
     assert main(["eval", "--data_dir", str(coinrun_dir), "--action_clips", "0", "--device", "cpu"]) == 2
+    assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "8", "--drift_prompts", "9",
+                 "--device", "cpu"]) == 2
+    assert main(["eval", "--data_dir", str(coinrun_dir), "--drift_prompts", "0", "--device", "cpu"]) == 2
 
 
 def test_filmstrip_of_the_bundled_model_with_a_held_out_clip(coinrun_dir, tmp_path):
