@@ -160,6 +160,13 @@ class DynamicsConfig:
     # "no action" input, so that the model also learns the next frame without its action: the
     # reference of classifier-free action guidance (0: off, the paper's training).
     action_dropout: float = 0.0
+    # Training only: the largest share of the visible (unmasked) tokens replaced by random codes.
+    # Each sample draws its share uniformly from [0, context_noise]. At inference the past is the
+    # model's own output and carries its errors, which the training never shows with a clean
+    # past; a model that has learned to read past wrong tokens should drift less over a long
+    # episode (the discrete form of the noise augmentation of GameNGen and DIAMOND; 0: off, the
+    # paper's training; docs/design.md).
+    context_noise: float = 0.0
     # Cross-entropy weight of the masked tokens that differ from the same position's token in the
     # frame before (1: the paper's plain mean). Most tokens copy the frame before, so a plain
     # mean teaches copying; a weight above 1 pays more for the tokens that move (docs/design.md).
@@ -196,6 +203,8 @@ class DynamicsConfig:
         if not 0.0 <= self.action_dropout < 1.0:
             raise ConfigError(f"action_dropout must be in [0, 1) (0: off; 0.1 is usual for "
                               f"classifier-free guidance), got {self.action_dropout}")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ConfigError(f"context_noise must be in [0, 1) (0: off), got {self.context_noise}")
         if self.mirror_actions is not None:
             a, b = self.mirror_actions
             if a == b or not (0 <= a < self.num_actions and 0 <= b < self.num_actions):

@@ -423,6 +423,30 @@ def test_clean_prefix_samples_mask_only_frames_after_a_cut():
     assert set(first[prefixed].tolist()) == {2, 3, 4}
 
 
+def test_context_noise_replaces_visible_tokens_in_training_only():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4), context_noise=0.5))
+    seen = []
+    dyn.token_emb.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    tokens, actions = torch.randint(0, 16, (512, 3, 16)), torch.randint(0, 4, (512, 2))
+    mask = dyn(tokens, actions, mask_rate=torch.full((512,), 0.5))["mask"]
+    changed = (seen[-1] != tokens) & ~mask
+    assert torch.equal(seen[-1][mask], torch.full_like(tokens[mask], dyn.mask_id))
+    # Replaced tokens are drawn uniformly, so 15 of 16 draws differ: the visible share that
+    # changed is 15/16 of the mean of U(0, 0.5), and samples differ in their share.
+    share = changed.sum(dim=(1, 2)) / (~mask).sum(dim=(1, 2))
+    assert 0.2 < share.mean() < 0.27 and share.max() > 0.4 and share.min() < 0.05
+    assert changed[:, 0].any() and changed[:, 1:].any()
+    assert seen[-1][~mask].max() < dyn.mask_id  # replacements are codes, never the mask
+    dyn.eval()
+    dyn(tokens, actions, mask_rate=torch.full((512,), 0.5))
+    evaluated = seen[-1]
+    assert torch.equal(evaluated[evaluated != dyn.mask_id], tokens[evaluated != dyn.mask_id])
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"context_noise must be in \[0, 1\)"):
+            dynamics_cfg(context_noise=bad)
+
+
 def test_changed_token_weight_pays_more_for_the_tokens_that_differ_from_the_frame_before():
     torch.manual_seed(0)
     weighted = DynamicsModel(dynamics_cfg(token_grid=(4, 4), changed_token_weight=3.0))

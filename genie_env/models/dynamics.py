@@ -11,7 +11,8 @@ Training masks the tokens of frames 2..T with a Bernoulli rate drawn uniformly i
 (``changed_token_weight`` weighs up those whose token differs from the frame before). A
 share ``clean_prefix_prob`` of the samples instead keeps frames 1..c-1 clean and masks only
 frames c..T (c drawn uniformly in 2..T), the clean-past state that every decode at inference
-starts from. The optional reward/termination heads read a second, gradient-free pass over the
+starts from. ``context_noise`` replaces a share of the visible tokens with random codes, so
+that the model learns to read a past that carries errors, as its own rollouts do. The optional reward/termination heads read a second, gradient-free pass over the
 clean clip (as at inference), so they train only themselves and cannot pull on the shared trunk.
 
 Generation (``sample_next``) runs ``maskgit_steps`` passes over the new frame only, against the
@@ -208,7 +209,12 @@ class DynamicsModel(nn.Module):
         if self.training and self.cfg.action_dropout > 0:
             dropped = torch.rand(frame_actions.shape, device=tokens.device) < self.cfg.action_dropout
             inputs = frame_actions.masked_fill(dropped, self.no_action)
-        h = self.transformer(self.embed(tokens.masked_fill(mask, self.mask_id), inputs))
+        visible = tokens
+        if self.training and self.cfg.context_noise > 0:
+            share = self.cfg.context_noise * torch.rand(b, 1, 1, device=tokens.device)
+            noisy = (torch.rand(b, t, n, device=tokens.device) < share) & ~mask
+            visible = torch.where(noisy, torch.randint_like(tokens, self.cfg.vocab_size), tokens)
+        h = self.transformer(self.embed(visible.masked_fill(mask, self.mask_id), inputs))
         logits = self.logits(h)
         if mask.any():
             ce_each = F.cross_entropy(logits[mask].float(), tokens[mask], reduction="none")
