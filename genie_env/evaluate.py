@@ -57,9 +57,9 @@ from genie_env.data.probes import load_key_probes
 from genie_env.prompts import load_prompts
 from genie_env.device import resolve_device, resolve_dtype
 from genie_env.bundled import bundled_paths, load_action_map
-from genie_env.metrics import (colour_histograms, first_pass_tokens, frame_shifts, horizontal_scrolls, nearest_histogram_distance,
-                               one_step_predictions, patch_kmeans_reconstruct, psnr, psnr_each, psnr_per_frame, rollout,
-                               scrolls_beside)
+from genie_env.metrics import (colour_histograms, decode_long, encode_long, first_pass_tokens, frame_shifts,
+                               horizontal_scrolls, nearest_histogram_distance, one_step_predictions,
+                               patch_kmeans_reconstruct, psnr, psnr_each, psnr_per_frame, rollout, scrolls_beside)
 from genie_env.video import to_uint8_frames, write_grid, write_video
 from genie_env.nn.vq import code_stats
 from genie_env.world import World
@@ -138,8 +138,9 @@ def _frames(ds: ClipDataset, idx: list[int]) -> torch.Tensor:
 @torch.no_grad()
 def long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon: int, num_clips: int,
                  seed: int, dev) -> dict:
-    """Rollout PSNR by t out to ``horizon`` generated frames with the LAM's inferred actions, and
-    the repeat-the-prompt baseline, on clips of ``horizon + 1`` frames."""
+    """Rollout PSNR by t out to ``horizon`` generated frames with the LAM's inferred actions, the
+    repeat-the-prompt baseline, and the real frames' own reconstruction (what a rollout that drew
+    every true token would score: no world can beat it), on clips of ``horizon + 1`` frames."""
     try:
         ds, idx = clip_sample(data_dir, horizon + 1, tokenizer.cfg.image_size, split, stage, num_clips, seed)
     except ValueError as e:  # no episode that long
@@ -150,10 +151,12 @@ def long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon: int,
     gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(video.shape[0])]
     p = psnr_per_frame(rollout(tokenizer, dynamics, video, actions, generators=gens), video)
     still = psnr_per_frame(video[:, :1].expand_as(video), video)
+    recon = psnr_per_frame(decode_long(tokenizer, encode_long(tokenizer, video)), video)
     marks = sorted({t for t in (4, dynamics.cfg.max_frames, 2 * dynamics.cfg.max_frames, 16, horizon) if t <= horizon})
     return {"long clips": len(idx),
             **{f"long clips: rollout PSNR at t={t}, inferred actions (dB)": float(p[t]) for t in marks},
-            **{f"long clips: repeat-the-prompt PSNR at t={t} (dB)": float(still[t]) for t in marks}}
+            **{f"long clips: repeat-the-prompt PSNR at t={t} (dB)": float(still[t]) for t in marks},
+            **{f"long clips: the real frames' reconstruction PSNR at t={t} (dB)": float(recon[t]) for t in marks}}
 
 
 @torch.no_grad()

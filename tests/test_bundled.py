@@ -102,6 +102,8 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
     assert fp32["clips"] == bf16["clips"] == 8 and fp32["clip_len"] == 8
     # real CoinRun frames through the bundled tokenizer, and bf16 costs it little
     assert fp32["tokenizer PSNR (dB)"] > 15
+    # The long clips' own reconstruction is the same tokenizer on other frames of the same data.
+    assert abs(fp32["long clips: the real frames' reconstruction PSNR at t=16 (dB)"] - fp32["tokenizer PSNR (dB)"]) < 3
     assert "tokenizer PSNR, its pixel codes alone (dB)" not in fp32  # a VQ tokenizer's codes are not pixels
     assert abs(fp32["tokenizer PSNR (dB)"] - bf16["tokenizer PSNR (dB)"]) < 0.5
     assert len(bf16["rollout PSNR by t, inferred actions (dB)"]) == 7
@@ -112,6 +114,7 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
     for key in ("k-means baseline PSNR (dB)", "repeat-the-prompt PSNR at t=4 (dB)",
                 "long clips: rollout PSNR at t=16, inferred actions (dB)",
                 "long clips: repeat-the-prompt PSNR at t=16 (dB)",
+                "long clips: the real frames' reconstruction PSNR at t=16 (dB)",
                 "drift: colour distance at step 20", "drift: real held-out frames' colour distance",
                 "arrow keys: right scrolls right (fraction)", "arrow keys: left scrolls left (fraction)"):
         assert key in fp32 and np.isfinite(fp32[key]), key
