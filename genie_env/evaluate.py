@@ -407,14 +407,15 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         results.update(long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon,
                                     num_clips, seed, dev))
     dtype = next(dynamics.parameters()).dtype
+    firsts = torch.stack([val[i]["frames"][0] for i in idx[:max(8, drift_prompts)]]).to(dev)
     drift_frames: dict[int, torch.Tensor] = {}
     if long_steps > 0 and reference is not None:
-        starts = torch.stack([val[i]["frames"][0] for i in idx[:drift_prompts]]).to(dev)
+        starts = firsts[:drift_prompts]
         real = torch.stack([val[i]["frames"][-1] for i in idx])
         results["drift: prompts"] = len(starts)
         results.update(drift(World(tokenizer, dynamics, len(starts), dev, dtype=dtype), starts, reference, real,
                              long_steps, seed, frames_at=drift_frames))
-    prompts = torch.stack([val[i]["frames"][0] for i in idx[:8]]).to(dev)
+    prompts = firsts[:8]
     world = World(tokenizer, dynamics, prompts.shape[0], dev, dtype=dtype)
     if action_map is not None and {"left", "right"} <= set(action_map):
         results.update(direction_check(world, prompts, action_map, seed=seed))
