@@ -12,8 +12,9 @@ Training masks the tokens of frames 2..T with a Bernoulli rate drawn uniformly i
 share ``clean_prefix_prob`` of the samples instead keeps frames 1..c-1 clean and masks only
 frames c..T (c drawn uniformly in 2..T), the clean-past state that every decode at inference
 starts from. ``context_noise`` replaces a share of the visible tokens with random codes, so
-that the model learns to read a past that carries errors, as its own rollouts do. The optional reward/termination heads read a second, gradient-free pass over the
-clean clip (as at inference), so they train only themselves and cannot pull on the shared trunk.
+that the model learns to read a past that carries errors, as its own rollouts do. The optional
+reward/termination heads read a second, gradient-free pass over the clean clip (as at
+inference), so they train only themselves and cannot pull on the shared trunk.
 
 Generation (``sample_next``) runs ``maskgit_steps`` passes over the new frame only, against the
 temporal KV cache of the past, with random sampling at ``temperature`` and a cosine schedule
