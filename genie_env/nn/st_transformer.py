@@ -58,8 +58,9 @@ class Attention(nn.Module):
         """x (..., L, dim) -> q, k (..., heads, L, qk_dim), v (..., heads, L, v_dim)."""
         h, dq = self.heads, self.qk_dim
         q, k, v = self.qkv(x).split([h * dq, h * dq, h * self.v_dim], dim=-1)
-        # Normed before the heads move in front of L: RMSNorm over a strided view took about
-        # twice as long on the CPU (BENCHMARKS.md, "Eager step").
+        # Normed before the heads move in front of L, on a contiguous tensor: RMSNorm over the
+        # strided view was one of the larger costs of a CPU step (BENCHMARKS.md, session 20's
+        # paragraph under "The candidate world of issue 9 through `gym.make`").
         q = rearrange(self.q_norm(q.unflatten(-1, (h, dq))), "... l h d -> ... h l d")
         k = rearrange(self.k_norm(k.unflatten(-1, (h, dq))), "... l h d -> ... h l d")
         v = rearrange(v, "... l (h d) -> ... h l d", h=h)
@@ -175,7 +176,7 @@ class STBlock(nn.Module):
         s_self = (q * k).sum(-1, keepdim=True) * scale  # (B, N, h, 1, 1)
         p = torch.softmax(torch.cat([s_past, s_self], dim=-1).float(), dim=-1).to(v.dtype)
         # Weights times values summed over the slots, not a matmul: a batch of B*N*h products of
-        # (1, S) @ (S, d) ran about 4x slower on the CPU than the elementwise form.
+        # (1, S) @ (S, d) was a large share of a CPU step (the same BENCHMARKS.md paragraph).
         o = (p[..., :-1].transpose(-1, -2) * cache_v).sum(-2, keepdim=True) + p[..., -1:] * v  # (B, N, h, 1, d)
         x = x + self.temporal.merge(o).squeeze(-2)
         if write_slot is not None:
