@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     # The subcommands import the flag helpers below, so they are imported once this module is whole.
     from genie_env import evaluate, filmstrip, generate, play
     from genie_env.data import collect, probes
-    from trainers import export, pipeline
+    from trainers import export, pipeline, prune
     for name, module, help_text in (
             ("collect", collect, "record episodes of a Procgen or Gymnasium env to H5 files"),
             ("probes", probes, "record what the real game does when each arrow key is held, for eval's key check"),
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             ("generate", generate, "write a video from a prompt image and latent actions"),
             ("play", play, "play a Genie world with the keyboard (pygame)"),
             ("export", export, "package a trained run: weights-only checkpoints + prompt frames"),
+            ("prune", prune, "cut a tokenizer's codebook to the codes its training frames use most"),
             ("eval", evaluate, "world-model quality on held-out episodes: PSNR, SSIM, delta-t PSNR, video"),
             ("filmstrip", filmstrip, "a PNG: frames under each latent action, ground truth | reconstruction | rollout")):
         p = sub.add_parser(name, help=help_text)

@@ -6,7 +6,8 @@ so those codes are dead weight in the tokenizer and 256 rows of every dynamics l
 the ``keep`` codes that the training frames use most; a patch whose code was dropped takes the
 nearest kept one (the tokenizer's own nearest-code search does that), and the dynamics model keeps
 its embedding and output rows of the kept codes, so the world is the same model with fewer choices.
-``genie-env export --prune_codes K`` applies it to an exported world.
+``genie-env export --prune_codes K`` applies it to an exported world, ``genie-env prune`` to a
+tokenizer alone.
 """
 from __future__ import annotations
 
@@ -86,8 +87,15 @@ def prune_world(tokenizer: VideoTokenizer, dynamics: DynamicsModel, counts: torc
     """Tokenizer and dynamics model pruned to the ``keep`` most counted codes, and a summary: the
     codes kept and the share of the counted patches whose code was dropped."""
     check_pair(tokenizer, dynamics, "pruning: ")
+    kept, summary = choose_codes(counts, keep)
+    return prune_tokenizer(tokenizer, kept), prune_dynamics(dynamics, kept), summary
+
+
+def choose_codes(counts: torch.Tensor, keep: int) -> tuple[torch.Tensor, dict]:
+    """The ``keep`` most counted codes (:func:`most_used`) and a summary: the codes kept and the
+    share of the counted patches whose code was dropped."""
     kept = most_used(counts, keep)
     summary = {"codes before": int(len(counts)), "codes kept": int(keep),
                "counted patches whose code was dropped (fraction)":
                    float(1 - counts[kept].sum() / counts.sum().clamp(min=1))}
-    return prune_tokenizer(tokenizer, kept), prune_dynamics(dynamics, kept), summary
+    return kept, summary

@@ -91,3 +91,31 @@ def test_code_counts_reads_the_training_episodes(coinrun_dir, coinrun_clips):
     train = ClipDataset(coinrun_dir, clip_len=1, split="train")
     first = tok.encode(train[0]["frames"][None])
     assert (counts[first.flatten()] > 0).all()  # the first training frame is among those counted
+
+
+def test_prune_command_cuts_a_tokenizer_file_to_its_most_used_codes(coinrun_dir, coinrun_clips, tmp_path):
+    from genie_env.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from genie_env.cli import main as cli
+    from genie_env.config import DataConfig, StageConfig
+    tok, _ = _kmeans_world(coinrun_clips)
+    src, out = tmp_path / "tok.pt", tmp_path / "pruned" / "tok480.pt"
+    save_checkpoint(src, tok, StageConfig("tokenizer", tok.cfg), step=7)
+    counts = code_counts(tok, coinrun_dir, DataConfig(), frames=40)
+    assert (counts == 0).any()  # some codes the counted frames never use, so the choice matters
+    assert cli(["prune", "--tokenizer_path", str(src), "--data_dir", str(coinrun_dir), "--keep", "20",
+                "--out", str(out), "--frames", "40"]) == 0
+    pruned = load_model(out, "tokenizer")
+    kept = most_used(counts, 20)
+    assert pruned.cfg.num_codes == 20 and torch.equal(pruned.vq.centroids, tok.vq.centroids[kept])
+    ckpt = load_checkpoint(out)
+    assert ckpt["step"] == 7 and ckpt["extra"]["pruned"]["codes kept"] == 20
+    assert 0 < ckpt["extra"]["pruned"]["counted patches whose code was dropped (fraction)"] < 1
+    # Every patch now takes the nearest kept code.
+    patches = patchify(coinrun_clips[:1], 8).flatten(0, 2)
+    nearest = torch.cdist(patches, pruned.vq.centroids).argmin(1)
+    assert torch.equal(pruned.encode(coinrun_clips[:1]).flatten(), nearest)
+    # Refused by name, nothing written: too many codes, or the input file as the output.
+    for argv, message in ((["--keep", "49", "--out", str(tmp_path / "x.pt")], "between 1 and the codebook's 48"),
+                          (["--keep", "20", "--out", str(src)], "is --tokenizer_path")):
+        assert cli(["prune", "--tokenizer_path", str(src), "--data_dir", str(coinrun_dir), *argv]) == 2
+    assert not (tmp_path / "x.pt").exists() and load_model(src, "tokenizer").cfg.num_codes == 48
