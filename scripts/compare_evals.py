@@ -1,0 +1,66 @@
+"""Compare two ``genie-env eval`` results.json files figure by figure: the rule for replacing
+the bundled model is that the new world beats the old on every held-out number.
+
+    python scripts/compare_evals.py eval/bundled/results.json eval/new/results.json 256 480
+
+The two numbers are the worlds' tokenizer codebook sizes, for the share of the codebook in use
+(perplexity / codes). Each model figure is printed as win (B better), LOSE, MIX (a list that is
+better at some entries and worse at others) or tie. Figures that describe the data or a baseline
+rather than the model (repeat-the-prompt, the real frames, chance, k-means, trial counts) and the
+run's settings are skipped; for distances and "predicted as the frame before" lower is better.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+SKIP = ("baseline", "repeat", "real", "chance", "k-means", "trials", "clips", "clip_len", "transitions",
+        "prompts", "picture", "video", "temperature", "noise", "guidance", "passes", "MaskGIT steps",
+        "dtype", "tokens that change", "horizon", "steps)", "held-out")
+LOWER = ("distance", "predicted as the frame before")
+
+
+def verdict(key: str, a, b) -> str:
+    a, b = (x if isinstance(x, list) else [x] for x in (a, b))
+    if len(a) != len(b):
+        return "n/a (lengths differ)"
+    sign = -1 if any(s in key for s in LOWER) else 1
+    d = [sign * (y - x) for x, y in zip(a, b)]
+    if all(v == 0 for v in d):
+        return "tie"
+    if all(v >= 0 for v in d):
+        return "win"
+    if all(v <= 0 for v in d):
+        return "LOSE"
+    return "MIX"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4:
+        print(__doc__)
+        return 2
+    a, b = (json.load(open(p)) for p in argv[:2])
+    size_a, size_b = float(argv[2]), float(argv[3])
+    count: dict[str, int] = {}
+    for key in a:
+        if key not in b or any(s in key for s in SKIP):
+            continue
+        x, y = a[key], b[key]
+        numeric = lambda v: isinstance(v, (int, float)) or (
+            isinstance(v, list) and v and all(isinstance(e, (int, float)) for e in v))
+        if not (numeric(x) and numeric(y)):
+            continue
+        v = verdict(key, x, y)
+        count[v] = count.get(v, 0) + 1
+        print(f"{v:5s} {key}: {x} -> {y}")
+        if "perplexity" in key and "tokenizer" in key:
+            sa, sb = x / size_a, y / size_b
+            v = verdict("share", sa, sb)
+            count[v] = count.get(v, 0) + 1
+            print(f"{v:5s} {key} as a share of the codes: {sa:.3f} -> {sb:.3f}")
+    print(count)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
