@@ -175,3 +175,29 @@ def test_stable_baselines3_learns_on_the_batched_env(world):
     model = PPO("MlpPolicy", venv, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=16)
     assert model.num_timesteps >= 16
+
+
+def test_compare_evals_reads_each_model_figure_in_its_direction(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("compare_evals", ROOT / "scripts" / "compare_evals.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import json
+    old = {"clips": 64, "tokenizer PSNR (dB)": 19.0, "tokenizer codebook perplexity": 100.0,
+           "drift: colour distance at step 1": 0.40, "rollout PSNR by t, inferred actions (dB)": [18.0, 17.0],
+           "long clips: repeat-the-prompt PSNR at t=4 (dB)": 29.0, "LAM codebook usage": 1.0,
+           "one step from the real past, inferred actions: PSNR (dB)": 18.7}
+    new = dict(old, **{"clips": 32, "tokenizer PSNR (dB)": 28.5, "tokenizer codebook perplexity": 200.0,
+                       "drift: colour distance at step 1": 0.45, "rollout PSNR by t, inferred actions (dB)": [24.0, 16.0],
+                       "long clips: repeat-the-prompt PSNR at t=4 (dB)": 1.0,
+                       "one step from the real past, inferred actions: PSNR (dB)": 23.8})
+    paths = [tmp_path / "old.json", tmp_path / "new.json"]
+    for path, d in zip(paths, (old, new)):
+        path.write_text(json.dumps(d))
+    assert module.main([str(paths[0]), str(paths[1]), "256", "1024"]) == 0
+    lines = {line.split(":")[0][6:]: line[:5].strip() for line in capsys.readouterr().out.splitlines()[:-1]}
+    assert lines == {"tokenizer PSNR (dB)": "win", "tokenizer codebook perplexity": "win",
+                     "tokenizer codebook perplexity as a share of the codes": "LOSE",  # 39% -> 20% of the codes
+                     "drift": "LOSE",  # a larger colour distance is worse
+                     "rollout PSNR by t, inferred actions (dB)": "MIX", "LAM codebook usage": "tie",
+                     "one step from the real past, inferred actions": "win"}  # baselines and counts are left out
+    assert module.main([str(paths[0])]) == 2
