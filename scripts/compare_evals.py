@@ -7,8 +7,8 @@ The two numbers are the worlds' tokenizer codebook sizes, for the share of the c
 (perplexity / codes). Each model figure is printed as win (B better), LOSE, MIX (a list that is
 better at some entries and worse at others) or tie. Figures that describe the data or a baseline
 rather than the model (repeat-the-prompt, the real frames' own reconstruction, chance, k-means,
-trial counts) and the
-run's settings are skipped; for distances and "predicted as the frame before" lower is better.
+trial counts) and the run's settings are skipped; for distances and "predicted as the frame
+before" lower is better.
 """
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ SKIP = ("baseline", "repeat", "the real frames' reconstruction", "real held-out 
         "pairs that scroll")
 SKIP_EXACT = ("clips", "clip_len", "long clips", "drift: prompts")
 LOWER = ("distance", "predicted as the frame before")
+
+
+def numeric(v) -> bool:
+    if isinstance(v, list):
+        return bool(v) and all(isinstance(e, (int, float)) for e in v)
+    return isinstance(v, (int, float))
 
 
 def verdict(key: str, a, b) -> str:
@@ -50,8 +56,6 @@ def main(argv: list[str]) -> int:
         if key not in b or key in SKIP_EXACT or any(s in key for s in SKIP):
             continue
         x, y = a[key], b[key]
-        numeric = lambda v: isinstance(v, (int, float)) or (
-            isinstance(v, list) and v and all(isinstance(e, (int, float)) for e in v))
         if not (numeric(x) and numeric(y)):
             continue
         v = verdict(key, x, y)

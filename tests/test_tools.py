@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -181,7 +182,6 @@ def test_compare_evals_reads_each_model_figure_in_its_direction(tmp_path, capsys
     spec = importlib.util.spec_from_file_location("compare_evals", ROOT / "scripts" / "compare_evals.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    import json
     old = {"clips": 64, "tokenizer PSNR (dB)": 19.0, "tokenizer codebook perplexity": 100.0,
            "drift: colour distance at step 1": 0.40, "rollout PSNR by t, inferred actions (dB)": [18.0, 17.0],
            "long clips: repeat-the-prompt PSNR at t=4 (dB)": 29.0, "LAM codebook usage": 1.0,
