@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 SKIP = ("baseline", "repeat", "the real frames' reconstruction", "real held-out frames", "the real game's right "
         "scrolls right (", "the real game's left scrolls left (", "the real next frame's reconstruction",
@@ -49,23 +50,24 @@ def main(argv: list[str]) -> int:
     if len(argv) != 4:
         print(__doc__)
         return 2
-    a, b = (json.load(open(p)) for p in argv[:2])
+    a, b = (json.loads(Path(p).read_text()) for p in argv[:2])
     size_a, size_b = float(argv[2]), float(argv[3])
     count: dict[str, int] = {}
+
+    def report(label: str, x, y, shown: str) -> None:
+        v = verdict(label, x, y)
+        count[v] = count.get(v, 0) + 1
+        print(f"{v:5s} {label}: {shown}")
     for key in a:
         if key not in b or key in SKIP_EXACT or any(s in key for s in SKIP):
             continue
         x, y = a[key], b[key]
         if not (numeric(x) and numeric(y)):
             continue
-        v = verdict(key, x, y)
-        count[v] = count.get(v, 0) + 1
-        print(f"{v:5s} {key}: {x} -> {y}")
+        report(key, x, y, f"{x} -> {y}")
         if "perplexity" in key and "tokenizer" in key:
             sa, sb = x / size_a, y / size_b
-            v = verdict("share", sa, sb)
-            count[v] = count.get(v, 0) + 1
-            print(f"{v:5s} {key} as a share of the codes: {sa:.3f} -> {sb:.3f}")
+            report(f"{key} as a share of the codes", sa, sb, f"{sa:.3f} -> {sb:.3f}")
     print(count)
     return 0
 
