@@ -167,6 +167,15 @@ class DynamicsConfig:
     # episode (the discrete form of the noise augmentation of GameNGen and DIAMOND; 0: off, the
     # paper's training; docs/design.md).
     context_noise: float = 0.0
+    # Training only: the share of training steps whose past is the model's own rollout. Such a
+    # step decodes frames 2..c of each clip from its first under the clip's latent actions with
+    # the inference sampler (no gradient; c drawn per step), then trains on frames 2..T with
+    # those generated frames as the visible past and the recorded frames c+1..T as the targets
+    # (masked as usual). Frame 1 is left out, so, as in a long episode, no recorded frame is in
+    # sight. Uniform random codes (context_noise) are not the errors a world makes; its own
+    # rollouts are, and the recorded continuation shows it how to come back from them (scheduled
+    # sampling; 0: off, the paper's training; docs/design.md).
+    rollout_prob: float = 0.0
     # Cross-entropy weight of the masked tokens that differ from the same position's token in the
     # frame before (1: the paper's plain mean). Most tokens copy the frame before, so a plain
     # mean teaches copying; a weight above 1 pays more for the tokens that move (docs/design.md).
@@ -205,6 +214,8 @@ class DynamicsConfig:
                               f"classifier-free guidance), got {self.action_dropout}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ConfigError(f"context_noise must be in [0, 1) (0: off), got {self.context_noise}")
+        if not 0.0 <= self.rollout_prob <= 1.0:
+            raise ConfigError(f"rollout_prob must be in [0, 1] (0: off), got {self.rollout_prob}")
         if self.mirror_actions is not None:
             a, b = self.mirror_actions
             if a == b or not (0 <= a < self.num_actions and 0 <= b < self.num_actions):

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genie_env.config import ConfigError
 from genie_env.metrics import psnr
@@ -445,6 +446,59 @@ def test_context_noise_replaces_visible_tokens_in_training_only():
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match=r"context_noise must be in \[0, 1\)"):
             dynamics_cfg(context_noise=bad)
+
+
+def test_a_given_past_replaces_the_first_frames_in_view_and_takes_them_out_of_the_loss():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4))).eval()
+    seen = []
+    dyn.token_emb.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    tokens, actions = torch.randint(0, 16, (6, 5, 16)), torch.randint(0, 4, (6, 4))
+    past = torch.randint(0, 16, (6, 2, 16))
+    rate = torch.full((6,), 1.0)
+    out = dyn(tokens, actions, mask_rate=rate, past=past)
+    assert not out["mask"][:, :2].any() and out["mask"][:, 2:].all()
+    assert torch.equal(seen[-1][:, :2], past)
+    # The recorded first frames are out of sight: changing them changes nothing, while the
+    # targets are the recorded later frames.
+    other = tokens.clone()
+    other[:, :2] = torch.randint(0, 16, (6, 2, 16))
+    again = dyn(other, actions, mask_rate=rate, past=past)
+    assert torch.equal(again["logits"], out["logits"]) and torch.equal(again["ce"], out["ce"])
+    ce = F.cross_entropy(out["logits"][:, 2:].reshape(-1, 16), tokens[:, 2:].reshape(-1))
+    assert torch.allclose(out["ce"], ce, atol=1e-5)
+    assert not torch.equal(dyn(tokens, actions, mask_rate=rate)["logits"][:, 2:], out["logits"][:, 2:])
+    for bad in (torch.zeros(6, 0, 16, dtype=torch.long), torch.zeros(6, 5, 16, dtype=torch.long),
+                torch.zeros(5, 2, 16, dtype=torch.long), torch.zeros(6, 2, 15, dtype=torch.long)):
+        with pytest.raises(ValueError, match="past must be"):
+            dyn(tokens, actions, past=bad)
+
+
+def test_own_past_is_the_models_rollout_from_the_first_frame_in_eval_mode():
+    torch.manual_seed(0)
+    dyn = DynamicsModel(dynamics_cfg(token_grid=(4, 4), context_noise=0.5, temperature=1.0))
+    tokens, actions = torch.randint(0, 16, (3, 6, 16)), torch.randint(0, 4, (3, 5))
+    torch.manual_seed(1)
+    past = dyn.own_past(tokens, actions, 3)
+    assert dyn.training  # the training mode it had is given back
+    dyn.eval()
+    torch.manual_seed(1)
+    ref = dyn.generate(tokens[:, :1], actions[:, :3])
+    assert past.shape == (3, 3, 16) and torch.equal(past, ref[:, 1:])
+    # Drawn from the torch RNG when not given: 1..T-2 frames, so a target is always left.
+    lengths = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        lengths.add(dyn.own_past(tokens, actions).shape[1])
+    assert lengths == {1, 2, 3, 4}
+    for frames in (0, 5):
+        with pytest.raises(ValueError, match=r"frames must be in \[1, 4\]"):
+            dyn.own_past(tokens, actions, frames)
+    with pytest.raises(ValueError, match="3 or more frames"):
+        dyn.own_past(tokens[:, :2], actions[:, :1])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"rollout_prob must be in \[0, 1\]"):
+            dynamics_cfg(rollout_prob=bad)
 
 
 def test_changed_token_weight_pays_more_for_the_tokens_that_differ_from_the_frame_before():

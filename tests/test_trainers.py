@@ -482,6 +482,43 @@ def test_init_from_starts_a_new_run_from_trained_weights_and_refuses_a_misfit(tm
         train_lam.main(args_for(parser, cfg_path, coinrun_dir, tmp_path / "k", "--init_from", str(trained["tokenizer"])))
 
 
+def test_rollout_prob_trains_a_share_of_steps_on_the_models_own_past(tmp_path, trained, coinrun_dir):
+    tok, lam = load_model(trained["tokenizer"], "tokenizer"), load_model(trained["lam"], "lam")
+    cfg = yaml.safe_load(micro_config(tmp_path, "dynamics", steps=4).read_text())
+    cfg["model"].update(rollout_prob=1.0)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    task = train_dynamics.make_task(load_config(tmp_path / "r.yaml"), tok, lam, code_pixels=None)
+    frames = _val_batch(coinrun_dir)
+    torch.manual_seed(3)
+    out = task.loss(task.model, {"frames": frames})
+    # The same step by hand: the draw that chose it, the model's rollout, then the clip without
+    # its first frame, its visible past the rollout and its targets the recorded later frames.
+    torch.manual_seed(3)
+    torch.rand(())
+    tokens, actions = tok.encode(frames), lam.infer_actions(frames)
+    past = task.model.own_past(tokens, actions)
+    assert task.model.training
+    ref = task.model(tokens[:, 1:], actions[:, 1:], past=past)
+    assert out["mask"].shape[1] == 3 and torch.equal(out["mask"], ref["mask"])
+    assert not out["mask"][:, :past.shape[1]].any() and torch.allclose(out["loss"], ref["loss"])
+
+    cfg["model"].update(rollout_prob=0.5)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    half = train_dynamics.make_task(load_config(tmp_path / "r.yaml"), tok, lam)
+    lengths = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        lengths.append(half.loss(half.model, {"frames": frames})["mask"].shape[1])
+    assert set(lengths) == {3, 4}  # steps on the recorded clip and steps on the model's own past
+    path = train_dynamics.main(args_for(train_dynamics.parser(), tmp_path / "r.yaml", coinrun_dir, tmp_path / "run",
+                                        "--tokenizer_path", str(trained["tokenizer"]),
+                                        "--lam_path", str(trained["lam"])))
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 4 and ckpt["config"]["model"]["rollout_prob"] == 0.5
+    with pytest.raises(TrainingError, match="rollout_prob .* cannot be used with --cotrain_lam"):
+        train_dynamics.make_task(load_config(tmp_path / "r.yaml"), tok, lam, cotrain=True)
+
+
 def test_hflip_mirrors_clips_and_swaps_the_mirrored_actions_in_the_dynamics_loss(tmp_path, trained, coinrun_dir):
     tok, lam = load_model(trained["tokenizer"], "tokenizer"), load_model(trained["lam"], "lam")
     cfg = yaml.safe_load(micro_config(tmp_path, "dynamics", steps=1).read_text())

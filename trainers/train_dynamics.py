@@ -108,6 +108,10 @@ def _frozen(model: nn.Module) -> nn.Module:
 def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage: StageConfig | None = None,
               code_pixels: torch.Tensor | None = None) -> Task:
     """``code_pixels``: the codes' mean pixel patches, required when the config sets ``token_pixels``."""
+    if cotrain and cfg.model.rollout_prob > 0:
+        raise TrainingError("rollout_prob trains on the dynamics model's own rollouts under the frozen LAM's "
+                            "actions; it cannot be used with --cotrain_lam. Set model.rollout_prob: 0 or train "
+                            "with a frozen LAM.")
     if cotrain and cfg.model.hflip_prob > 0:
         raise TrainingError("hflip_prob mirrors clips with the frozen LAM's actions; it cannot be used with "
                             "--cotrain_lam. Set model.hflip_prob: 0 or train with a frozen LAM.")
@@ -138,7 +142,14 @@ def make_task(cfg: StageConfig, tokenizer, lam, cotrain: bool = False, lam_stage
             return m(frames, encode(frames), batch.get("rewards"), batch.get("dones"))
         # The LAM labels the clip as recorded; a mirrored clip takes the mirrored labels.
         frames, actions = mirror_clips(frames, actions_of(frames), cfg.model.hflip_prob, cfg.model.mirror_actions)
-        return m(encode(frames), actions, batch.get("rewards"), batch.get("dones"))
+        tokens, rewards, dones = encode(frames), batch.get("rewards"), batch.get("dones")
+        if cfg.model.rollout_prob > 0 and float(torch.rand(())) < cfg.model.rollout_prob:
+            # A step on the model's own past: the clip without its first frame, whose visible
+            # past is what the model made of it (called through m, so DDP still syncs).
+            past = dyn.own_past(tokens, actions)
+            rewards, dones = (None if x is None else x[:, 1:] for x in (rewards, dones))
+            return m(tokens[:, 1:], actions[:, 1:], rewards, dones, past=past)
+        return m(tokens, actions, rewards, dones)
 
     def validate(m, batch):
         frames = batch["frames"]

@@ -12,7 +12,9 @@ Training masks the tokens of frames 2..T with a Bernoulli rate drawn uniformly i
 share ``clean_prefix_prob`` of the samples instead keeps frames 1..c-1 clean and masks only
 frames c..T (c drawn uniformly in 2..T), the clean-past state that every decode at inference
 starts from. ``context_noise`` replaces a share of the visible tokens with random codes, so
-that the model learns to read a past that carries errors, as its own rollouts do. The optional
+that the model learns to read a past that carries errors, as its own rollouts do;
+``rollout_prob`` instead shows it a past that is its own rollout (:meth:`own_past`, passed as
+``past``) with the recorded frames as targets. The optional
 reward/termination heads read a second, gradient-free pass over the clean clip (as at
 inference), so they train only themselves and cannot pull on the shared trunk.
 
@@ -185,13 +187,21 @@ class DynamicsModel(nn.Module):
         return self.token_embed(tokens) + self.action_emb(frame_actions).unsqueeze(-2)
 
     def forward(self, tokens: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor | None = None,
-                dones: torch.Tensor | None = None, mask_rate: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                dones: torch.Tensor | None = None, mask_rate: torch.Tensor | None = None,
+                past: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training pass. tokens (B, T, N) int64, actions (B, T-1) int64.
 
         ``rewards``/``dones`` (B, T) (transition out of each frame) train the optional heads.
         ``mask_rate`` (B,) overrides the per-sample rate drawn from [mask_rate_min, mask_rate_max].
+        ``past`` (B, C, N), C < T, is what the model sees of frames 1..C instead of ``tokens``
+        (its own rollout, :meth:`own_past`); those frames are never masked, so the loss is on the
+        later frames' targets in ``tokens`` alone.
         """
         self._check(tokens, actions)
+        if past is not None and not (past.shape[0] == tokens.shape[0] and past.shape[2] == tokens.shape[2]
+                                     and 1 <= past.shape[1] < tokens.shape[1]):
+            raise ValueError(f"past must be (B, C, N) with 1 <= C < T for tokens {tuple(tokens.shape)}, "
+                             f"got {tuple(past.shape)}")
         actions = actions.detach()
         b, t, n = tokens.shape
         if mask_rate is None:
@@ -205,16 +215,18 @@ class DynamicsModel(nn.Module):
             frame = torch.arange(t, device=tokens.device)
             clean = prefix[:, None] & (frame[None, :] < cut[:, None])  # (B, T)
             mask &= ~clean[:, :, None]
+        if past is not None:
+            mask[:, :past.shape[1]] = False
         frame_actions = self._frame_actions(actions)
         inputs = frame_actions
         if self.training and self.cfg.action_dropout > 0:
             dropped = torch.rand(frame_actions.shape, device=tokens.device) < self.cfg.action_dropout
             inputs = frame_actions.masked_fill(dropped, self.no_action)
-        visible = tokens
+        visible = tokens if past is None else torch.cat([past, tokens[:, past.shape[1]:]], dim=1)
         if self.training and self.cfg.context_noise > 0:
             share = self.cfg.context_noise * torch.rand(b, 1, 1, device=tokens.device)
             noisy = (torch.rand(b, t, n, device=tokens.device) < share) & ~mask
-            visible = torch.where(noisy, torch.randint_like(tokens, self.cfg.vocab_size), tokens)
+            visible = torch.where(noisy, torch.randint_like(tokens, self.cfg.vocab_size), visible)
         h = self.transformer(self.embed(visible.masked_fill(mask, self.mask_id), inputs))
         logits = self.logits(h)
         if mask.any():
@@ -238,6 +250,27 @@ class DynamicsModel(nn.Module):
             out["done_loss"] = F.binary_cross_entropy_with_logits(done_logit, dones.float())
             out["loss"] = loss + out["reward_loss"] + out["done_loss"]
         return out
+
+    @torch.no_grad()
+    def own_past(self, tokens: torch.Tensor, actions: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """The model's own rollout of a clip (``rollout_prob``): frames 2..1+``frames`` (B, frames, N)
+        decoded from the clip's first frame (tokens (B, T, N)) under its actions (B, T-1) by the
+        inference sampler, in eval mode. ``frames`` (default drawn uniformly in 1..T-2 from the
+        torch RNG) leaves at least one recorded frame after it as a target."""
+        self._check(tokens, actions)
+        t = tokens.shape[1]
+        if t < 3:
+            raise ValueError(f"training on the model's own past needs clips of 3 or more frames, got {t}")
+        if frames is None:
+            frames = int(torch.randint(1, t - 1, ()))
+        if not 1 <= frames <= t - 2:
+            raise ValueError(f"frames must be in [1, {t - 2}] for clips of {t} frames, got {frames}")
+        was_training = self.training
+        self.eval()
+        try:
+            return self.generate(tokens[:, :1], actions[:, :frames])[:, 1:]
+        finally:
+            self.train(was_training)
 
     def _reward_done(self, h: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = h.mean(dim=-2) + self.head_action_emb(actions)
