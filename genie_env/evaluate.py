@@ -29,7 +29,10 @@
   prompts (8 by default; one episode's figures move with its prompts), scored by how far each frame's
   colours are from the closest real frame's (0 = a real frame's palette), against the same
   distance for real held-out frames, and a picture of that episode (``drift.png``: a row per
-  prompt, the first 8, a column per scored step) to see what the distance scores;
+  prompt, the first 8, a column per scored step) to see what the distance scores; with
+  ``--drift_actions data`` also under latent actions drawn as the recorded player's transitions
+  use them (CoinRun's codes for jumps, falls and scrolls are not equally common: uniformly drawn
+  codes ask a world to jump far more often than to fall) (``drift_data.png``);
 - with an arrow-key map (``action_map.json``), how often holding "right" (or "left") scrolls the
   scene the way the key says, and with key probes (``genie-env probes``, ``--key_probes``) the
   same from real states, against what the real game did when the key was held there (from an
@@ -160,11 +163,36 @@ def long_horizon(tokenizer, lam, dynamics, data_dir, split, stage, horizon: int,
 
 
 @torch.no_grad()
+def action_chain(lam, data: ClipDataset, clips: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """How the recorded player uses the LAM's codes: their frequencies (A,) over the transitions
+    of ``clips`` clips of ``data`` drawn by ``seed``, and a first-order chain (A, A) fitted to
+    consecutive transitions (row a: the next code's probabilities after code a; add-one smoothed,
+    so every code stays reachable). Stepping a world under this chain asks it for what the
+    recorded player did: a jump's codes followed by a fall's, not every code one time in A."""
+    a = lam.cfg.num_actions
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:clips].tolist()
+    counts, pairs = torch.zeros(a), torch.ones(a, a)
+    dev = next(lam.parameters()).device
+    for start in range(0, len(pick), 16):
+        codes = lam.eval().infer_actions(_frames(data, pick[start:start + 16]).to(dev)).cpu()  # (B, T-1)
+        counts += torch.bincount(codes.flatten(), minlength=a).float()
+        pairs += torch.bincount((codes[:, :-1] * a + codes[:, 1:]).flatten(), minlength=a * a).float().view(a, a)
+    return counts / counts.sum(), pairs / pairs.sum(dim=1, keepdim=True)
+
+
+DRIFT_LABEL = {None: "drift", "data": "drift under the data's latent actions"}
+CHAIN_CLIP_LEN = 16  # clips the chain is fitted on: 15 transitions each, short enough for short episodes
+
+
+@torch.no_grad()
 def drift(world: World, prompts: torch.Tensor, reference: torch.Tensor, real: torch.Tensor,
-          steps: int, seed: int, frames_at: dict | None = None) -> dict:
-    """Run ``prompts`` (B, 3, H, W) for ``steps`` steps under uniformly random latent actions and
-    report each checkpoint's mean colour-histogram distance to the nearest ``reference`` frame,
-    beside the same distance for ``real`` held-out frames (what a real CoinRun frame scores).
+          steps: int, seed: int, frames_at: dict | None = None,
+          chain: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """Run ``prompts`` (B, 3, H, W) for ``steps`` steps under random latent actions and report
+    each checkpoint's mean colour-histogram distance to the nearest ``reference`` frame, beside
+    the same distance for ``real`` held-out frames (what a real CoinRun frame scores).
+    The actions are drawn uniformly, or with ``chain`` (:func:`action_chain`: frequencies and
+    transition matrix) as the recorded player's codes run; the keys say which.
     ``frames_at`` (a dict): filled with the frames (B, 3, H, W) at step 0 (the world's first
     frame) and at each checkpoint, to look at what the distances score."""
     g = torch.Generator().manual_seed(seed)
@@ -174,12 +202,19 @@ def drift(world: World, prompts: torch.Tensor, reference: torch.Tensor, real: to
     if frames_at is not None:
         frames_at[0] = first.cpu()
     marks = {t for t in (1, 10, 50, 100, 250, 500, steps) if t <= steps}
+    label = DRIFT_LABEL[None if chain is None else "data"]
     out = {"drift: real held-out frames' colour distance": float(nearest_histogram_distance(real, ref).mean())}
+    b = prompts.shape[0]
+    # Only the chain draws a first code, so uniform actions stay those of earlier evaluations.
+    codes = None if chain is None else torch.multinomial(chain[0], b, replacement=True, generator=g)
     for t in range(1, steps + 1):
-        frames = world.step(torch.randint(0, world.num_actions, (prompts.shape[0],), generator=g),
-                            generators=gens).frames
+        if chain is None:
+            actions = torch.randint(0, world.num_actions, (b,), generator=g)
+        else:
+            actions = codes = torch.multinomial(chain[1][codes], 1, generator=g)[:, 0]
+        frames = world.step(actions, generators=gens).frames
         if t in marks:
-            out[f"drift: colour distance at step {t}"] = float(nearest_histogram_distance(frames.cpu(), ref).mean())
+            out[f"{label}: colour distance at step {t}"] = float(nearest_histogram_distance(frames.cpu(), ref).mean())
             if frames_at is not None:
                 frames_at[t] = frames.cpu()
     return out
@@ -274,7 +309,8 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
                    clip_len: int | None = None, split: str | None = "val", seed: int = 0, batch: int = 16,
                    video_name: str = "side_by_side.mp4", horizon: int = 32, long_steps: int = 500,
                    baseline_data=None, action_map: dict | None = None, data_config=None,
-                   action_clips: int = 256, key_probes: dict | None = None, drift_prompts: int = 8) -> dict:
+                   action_clips: int = 256, key_probes: dict | None = None, drift_prompts: int = 8,
+                   drift_actions: tuple[str, ...] = ("uniform",)) -> dict:
     """The numbers listed in the module docstring, on ``num_clips`` clips of ``split`` episodes.
 
     ``baseline_data``: H5 episodes (not the evaluated ones) to fit the k-means baseline and to
@@ -285,7 +321,9 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     and mutual information needs many transitions to be read. The drift episode starts from the
     first ``drift_prompts`` clips' first frames (at most ``num_clips``; its picture shows the first
     8): the colour distance of one episode varies with its prompts, so comparing worlds whose
-    figures lie close wants more of them. ``data_config`` (the dynamics checkpoint's
+    figures lie close wants more of them. ``drift_actions``: "uniform" (each latent action one
+    time in A), "data" (the codes as the LAM labels the ``baseline_data`` player's transitions,
+    :func:`action_chain`), or both; each has its own figures and picture. ``data_config`` (the dynamics checkpoint's
     ``DataConfig``) decides which episodes form the held-out split, as in its training run.
     """
     dev = next(dynamics.parameters()).device
@@ -409,12 +447,20 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     dtype = next(dynamics.parameters()).dtype
     firsts = torch.stack([val[i]["frames"][0] for i in idx[:max(8, drift_prompts)]]).to(dev)
     drift_frames: dict[int, torch.Tensor] = {}
+    data_drift_frames: dict[int, torch.Tensor] = {}
     if long_steps > 0 and reference is not None:
         starts = firsts[:drift_prompts]
         real = torch.stack([val[i]["frames"][-1] for i in idx])
         results["drift: prompts"] = len(starts)
-        results.update(drift(World(tokenizer, dynamics, len(starts), dev, dtype=dtype), starts, reference, real,
-                             long_steps, seed, frames_at=drift_frames))
+        for kind in drift_actions:
+            chain = None
+            if kind == "data":
+                played = ClipDataset(baseline_data or data_dir, clip_len=CHAIN_CLIP_LEN, image_size=tokenizer.cfg.image_size,
+                                     split="train" if baseline_data is None else None)
+                chain = action_chain(lam, played, seed=seed)
+                results[f"{DRIFT_LABEL['data']}: code frequencies"] = [round(float(x), 4) for x in chain[0]]
+            results.update(drift(World(tokenizer, dynamics, len(starts), dev, dtype=dtype), starts, reference, real,
+                                 long_steps, seed, frames_at=drift_frames if chain is None else data_drift_frames, chain=chain))
     prompts = firsts[:8]
     world = World(tokenizer, dynamics, prompts.shape[0], dev, dtype=dtype)
     if action_map is not None and {"left", "right"} <= set(action_map):
@@ -425,9 +471,10 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         results["video"] = str(write_video(out / video_name, torch.cat(first, dim=-1)))
-        if drift_frames:  # rows: the prompts; columns: steps 0, then each drift checkpoint
-            results["drift picture"] = str(write_grid(out / "drift.png", torch.stack(
-                [drift_frames[t][:8] for t in sorted(drift_frames)], dim=1)))
+        for frames, name, key in ((drift_frames, "drift.png", "drift picture"),
+                                  (data_drift_frames, "drift_data.png", f"{DRIFT_LABEL['data']}: picture")):
+            if frames:  # rows: the prompts; columns: steps 0, then each drift checkpoint
+                results[key] = str(write_grid(out / name, torch.stack([frames[t][:8] for t in sorted(frames)], dim=1)))
         (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -478,6 +525,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift_prompts", type=int, default=None,
                    help="held-out prompts the drift episode starts from, at most --clips (default: 8, or "
                         "--clips if fewer)")
+    p.add_argument("--drift_actions", nargs="+", default=["uniform"], choices=["uniform", "data"],
+                   help="the drift episode's latent actions: uniform (each one time in 8), data (drawn as the "
+                        "recorded player's transitions use the LAM's codes: frequencies and runs, fitted on "
+                        "--baseline_data), or both")
     p.add_argument("--baseline_data", default=None,
                    help="H5 episodes (not the evaluated ones) for the k-means baseline and the drift "
                         "reference; default: the training split of --data_dir (none with --split all)")
@@ -557,6 +608,6 @@ def run(args: argparse.Namespace) -> int:
                              None if args.split == "all" else args.split, args.seed, horizon=args.horizon,
                              long_steps=args.long_steps, baseline_data=args.baseline_data, action_map=amap,
                              data_config=dyn_stage.data, action_clips=args.action_clips, key_probes=probes,
-                             drift_prompts=args.drift_prompts)
+                             drift_prompts=args.drift_prompts, drift_actions=tuple(dict.fromkeys(args.drift_actions)))
     print(format_table(results))
     return 0

@@ -20,7 +20,7 @@ SKIP = ("baseline", "repeat", "the real frames' reconstruction", "real held-out 
         "scrolls right (", "the real game's left scrolls left (", "the real next frame's reconstruction",
         "chance", "k-means", "trials", "transitions", "prompts", "drift picture", "video",
         "temperature", "noise", "guidance", "passes", "MaskGIT steps", "codebook size", "tokens that change",
-        "pairs that scroll")
+        "pairs that scroll", "code frequencies")
 SKIP_EXACT = ("clips", "clip_len", "long clips", "drift: prompts")
 LOWER = ("distance", "predicted as the frame before")
 

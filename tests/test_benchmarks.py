@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -113,3 +115,15 @@ def test_prune_codes_benchmark_scores_each_codebook_size(coinrun_dir):
     assert rows[256][0] == rows[256][1] == "0.00%"  # nothing dropped from the whole codebook
     assert float(rows[16][0][:-1]) > 0 and float(rows[16][2]) <= 16  # 16 codes: some patches moved, perplexity <= 16
     assert float(rows[16][4].rstrip(" |")) < float(rows[256][4].rstrip(" |"))  # fewer codes, a worse picture
+
+
+def test_drift_actions_benchmark_runs_each_kind_of_action(coinrun_dir, tmp_path):
+    import json
+    run("benchmarks/drift_actions.py", "--data_dir", str(coinrun_dir), "--stats_dir", str(coinrun_dir),
+        "--prompts", "2", "--steps", "3", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "drift_actions.json").read_text())
+    assert sum(result["code frequencies"]) == pytest.approx(1, abs=0.01)
+    assert sum(c["share"] for c in result["codes on real frames"].values()) == pytest.approx(1, abs=0.01)
+    for mode in ("uniform", "marginal", "data"):
+        assert set(result[mode]["colour distance by step"]) == {"1", "3"}
+        assert (tmp_path / f"drift_{mode}.png").stat().st_size > 0

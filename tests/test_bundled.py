@@ -81,7 +81,7 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
     results = {}
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / dtype
-        probes = ["--key_probes", str(key_probes)] if dtype == "float32" else []
+        probes = ["--key_probes", str(key_probes)] if dtype == "float32" else ["--drift_actions", "uniform", "data"]
         rows = 8 if dtype == "float32" else 4  # the default drift prompts, then --drift_prompts 4
         assert main(["eval", "--data_dir", str(coinrun_dir), "--clips", "8", "--out", str(out),
                      "--device", "cpu", "--dtype", dtype, "--horizon", "16", "--long_steps", "20",
@@ -97,6 +97,13 @@ def test_eval_of_the_bundled_model_in_both_precisions(coinrun_dir, key_probes, t
         tiles = [drift_png[r * 130:r * 130 + 128, c * 130:c * 130 + 128] for r in range(rows) for c in range(4)]
         assert all(t.std() > 0 for t in tiles)  # every tile is a frame, not the background
         assert json.loads((out / "results.json").read_text())["drift picture"] == str(out / "drift.png")
+    # bfloat16's run also drifted under the codes as the data's player uses them: its own picture
+    data_drift = "drift under the data's latent actions"
+    freq = results["bfloat16"][data_drift + ": code frequencies"]
+    assert len(freq) == 8 and sum(freq) == pytest.approx(1, abs=1e-3)
+    assert 0 <= results["bfloat16"][data_drift + ": colour distance at step 20"] <= 1
+    assert np.asarray(Image.open(tmp_path / "bfloat16" / "drift_data.png")).shape == (4 * 130 - 2, 4 * 130 - 2, 3)
+    assert not any(k.startswith(data_drift) for k in results["float32"])
     assert "delta-t PSNR at t=4" in capsys.readouterr().out
     fp32, bf16 = results["float32"], results["bfloat16"]
     assert fp32["clips"] == bf16["clips"] == 8 and fp32["clip_len"] == 8

@@ -63,3 +63,54 @@ def test_latent_actions_already_inferred_are_reused_not_recomputed(coinrun_dir):
     assert np.array_equal(full, again) and np.array_equal(true, true_again)
     assert full.shape == (len(idx) * 5,) and true.shape == full.shape
     assert sum(seen) == len(idx) - 3
+
+
+def test_action_chain_counts_codes_and_their_runs_within_clips(coinrun_dir, monkeypatch):
+    """The chain eval's data-drift draws from: code frequencies, and next-code probabilities read
+    from consecutive transitions of one clip, never across two clips."""
+    from genie_env.data.h5 import ClipDataset
+    from genie_env.evaluate import action_chain
+    from genie_env.models import LatentActionModel
+    from tests.tiny import lam_cfg
+    lam = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=2, num_actions=8)).eval()
+    # Every clip's codes alternate 0, 3, 0, ... from 0: a clip of 16 frames ends on code 0, so
+    # a pair read across clips would be 0 -> 0.
+    monkeypatch.setattr(lam, "infer_actions", lambda video: torch.arange(video.shape[1] - 1).remainder(2).mul(3)
+                        .expand(video.shape[0], -1))
+    ds = ClipDataset(coinrun_dir, clip_len=16)
+    freq, chain = action_chain(lam, ds, clips=12)
+    clips = min(12, len(ds))
+    assert freq.sum().item() == pytest.approx(1) and freq[0].item() == pytest.approx(8 / 15)
+    assert freq[3].item() == pytest.approx(7 / 15) and freq[[1, 2, 4, 5, 6, 7]].sum() == 0
+    assert torch.allclose(chain.sum(dim=1), torch.ones(8))
+    assert chain[0, 3].item() == pytest.approx((7 * clips + 1) / (7 * clips + 8))  # 0 -> 3, add-one smoothed
+    assert chain[3, 0].item() == pytest.approx((7 * clips + 1) / (7 * clips + 8))
+    assert chain[0, 0] == chain[0, 1]  # no 0 -> 0 pair: none read across clips
+    assert torch.allclose(chain[5], torch.full((8,), 1 / 8))  # a code never seen: any next code
+
+
+def test_drift_under_a_chain_steps_the_chains_codes(world):
+    """With a chain that always names code 2, the drift episode is the world held on code 2;
+    its figures carry the data-drift label, uniform actions keep eval's."""
+    from genie_env.checkpoint import load_model
+    from genie_env.evaluate import drift
+    from genie_env.world import World
+    tok, dyn = load_model(world["tok"], "tokenizer"), load_model(world["dyn"], "dynamics")
+    prompts = torch.from_numpy(world["prompts"][:3]).permute(0, 3, 1, 2).float() / 255
+    reference = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    onehot = torch.zeros(dyn.cfg.num_actions)
+    onehot[2] = 1
+    frames_at: dict = {}
+    out = drift(World(tok, dyn, 3), prompts, reference, reference, 10, seed=5, frames_at=frames_at,
+                chain=(onehot, onehot.expand(dyn.cfg.num_actions, -1)))
+    held = World(tok, dyn, 3)
+    held.reset(prompts)
+    gens = [torch.Generator().manual_seed(5 + i) for i in range(3)]
+    for t in range(10):
+        frames = held.step(torch.full((3,), 2), generators=gens).frames
+    assert torch.equal(frames, frames_at[10])
+    assert set(out) == {"drift: real held-out frames' colour distance",
+                        "drift under the data's latent actions: colour distance at step 1",
+                        "drift under the data's latent actions: colour distance at step 10"}
+    uniform = drift(World(tok, dyn, 3), prompts, reference, reference, 10, seed=5)
+    assert "drift: colour distance at step 10" in uniform
