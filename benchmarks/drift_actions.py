@@ -14,6 +14,11 @@ starts eval's drift prompts (the same draw, ``--seed``; eval with ``--split all
   given the one before, so runs of codes look like the recorded player's): eval's
   ``--drift_actions data`` figures;
 
+and, with ``--replay_steps N``, under the codes the LAM reads from real held-out episodes of at
+least N + 1 frames, from each episode's first frame (``replay``: the recorded player's actions
+where the recorded player took them, so a fall only where the real agent fell), scored also
+against the real frame of the same step;
+
 and reports eval's colour distance to the nearest real frame at each checkpoint, the share of
 each code the episode used, what each code does to the real frames (the mean global shift of
 the pairs the LAM gives it) and the drift picture of each mode.
@@ -34,7 +39,7 @@ from genie_env.bundled import bundled_paths
 from genie_env.checkpoint import load_model
 from genie_env.data.h5 import ClipDataset
 from genie_env.evaluate import CHAIN_CLIP_LEN, action_chain, clip_sample, drift
-from genie_env.metrics import global_shifts
+from genie_env.metrics import colour_histograms, global_shifts, nearest_histogram_distance, psnr_per_frame
 from genie_env.video import write_grid
 from genie_env.world import World
 
@@ -55,6 +60,37 @@ def code_motion(lam, ds: ClipDataset, clips: int, seed: int) -> dict:
             for a in range(lam.cfg.num_actions) if (codes == a).any()}
 
 
+@torch.no_grad()
+def replay(tok, lam, dyn, data_dir, reference, episodes: int, steps: int, seed: int, frames_at: dict) -> dict:
+    """Step the world from the first frames of ``episodes`` held-out episodes (drawn by ``seed``
+    among those of at least ``steps`` + 1 frames) under the LAM's codes for their recorded
+    transitions; at each checkpoint, the colour distance to the nearest ``reference`` frame (as
+    eval's drift), the same for the real frames of that step, the distance between the two
+    frames' colours, and the world's PSNR against the real frame beside repeating the prompt's."""
+    ds = ClipDataset(data_dir, clip_len=steps + 1, image_size=tok.cfg.image_size)
+    firsts = [k for k, (f, start) in enumerate(ds.index) if any(f == i and start == a for i, a, _ in ds.episodes)]
+    pick = [firsts[j] for j in torch.randperm(len(firsts), generator=torch.Generator().manual_seed(seed))[:episodes]]
+    video = torch.stack([ds[k]["frames"] for k in pick])  # (E, steps + 1, 3, H, W)
+    codes = lam.infer_actions(video)
+    world = World(tok, dyn, len(pick))
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(pick))]
+    frames_at[0] = world.reset(video[:, 0])
+    ref = colour_histograms(reference)
+    out = {"episodes": len(pick)}
+    for t in range(1, steps + 1):
+        frames = world.step(codes[:, t - 1], generators=gens).frames
+        if t in (1, 10, 50, 100, 150, 200, 250, steps):
+            frames_at[t] = frames
+            real = video[:, t]
+            pair = 0.5 * (colour_histograms(frames) - colour_histograms(real)).abs().sum(dim=1)
+            out[t] = {"world": round(float(nearest_histogram_distance(frames, ref).mean()), 4),
+                      "real frames": round(float(nearest_histogram_distance(real, ref).mean()), 4),
+                      "world vs the real frame": round(float(pair.mean()), 4),
+                      "PSNR vs the real frame (dB)": round(float(psnr_per_frame(frames[:, None], real[:, None]).mean()), 2),
+                      "repeat-the-prompt PSNR (dB)": round(float(psnr_per_frame(video[:, :1], real[:, None]).mean()), 2)}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", default=None, help="a folder with tokenizer.pt, lam.pt, dynamics.pt (default: bundled)")
@@ -63,7 +99,9 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modes", nargs="+", default=["uniform", "marginal", "data"], choices=["uniform", "marginal", "data"])
+    p.add_argument("--modes", nargs="*", default=["uniform", "marginal", "data"], choices=["uniform", "marginal", "data"])
+    p.add_argument("--replay_steps", type=int, default=0,
+                   help="also step --prompts real held-out episodes of more frames under their own codes (0: skip)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     paths = bundled_paths() if args.world is None else {k: Path(args.world) / f"{k}.pt" for k in ("tokenizer", "lam", "dynamics")}
@@ -100,6 +138,17 @@ def main() -> None:
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             write_grid(Path(args.out) / f"drift_{mode}.png",
+                       torch.stack([frames_at[t][:8] for t in sorted(frames_at)], dim=1))
+    if args.replay_steps > 0:
+        t0 = time.time()
+        frames_at = {}
+        result["replay"] = replay(tok, lam, dyn, args.data_dir, reference, args.prompts, args.replay_steps,
+                                  args.seed, frames_at)
+        result["replay"]["seconds"] = round(time.time() - t0)
+        print("replay", json.dumps(result["replay"]), flush=True)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            write_grid(Path(args.out) / "drift_replay.png",
                        torch.stack([frames_at[t][:8] for t in sorted(frames_at)], dim=1))
     if args.out:
         (Path(args.out) / "drift_actions.json").write_text(json.dumps(result, indent=2))

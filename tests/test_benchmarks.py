@@ -120,10 +120,15 @@ def test_prune_codes_benchmark_scores_each_codebook_size(coinrun_dir):
 def test_drift_actions_benchmark_runs_each_kind_of_action(coinrun_dir, tmp_path):
     import json
     run("benchmarks/drift_actions.py", "--data_dir", str(coinrun_dir), "--stats_dir", str(coinrun_dir),
-        "--prompts", "2", "--steps", "3", "--out", str(tmp_path))
+        "--prompts", "2", "--steps", "3", "--replay_steps", "3", "--out", str(tmp_path))
     result = json.loads((tmp_path / "drift_actions.json").read_text())
     assert sum(result["code frequencies"]) == pytest.approx(1, abs=0.01)
     assert sum(c["share"] for c in result["codes on real frames"].values()) == pytest.approx(1, abs=0.01)
     for mode in ("uniform", "marginal", "data"):
         assert set(result[mode]["colour distance by step"]) == {"1", "3"}
         assert (tmp_path / f"drift_{mode}.png").stat().st_size > 0
+    # real episodes under their own codes, scored against their own frames too
+    replayed = result["replay"]
+    assert replayed["episodes"] == 2 and set(replayed) >= {"1", "3"}
+    assert 0 <= replayed["3"]["world vs the real frame"] <= 1 and replayed["3"]["PSNR vs the real frame (dB)"] > 5
+    assert (tmp_path / "drift_replay.png").stat().st_size > 0
