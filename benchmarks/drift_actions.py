@@ -68,7 +68,8 @@ def replay(tok, lam, dyn, data_dir, reference, episodes: int, steps: int, seed: 
     eval's drift), the same for the real frames of that step, the distance between the two
     frames' colours, and the world's PSNR against the real frame beside repeating the prompt's."""
     ds = ClipDataset(data_dir, clip_len=steps + 1, image_size=tok.cfg.image_size)
-    firsts = [k for k, (f, start) in enumerate(ds.index) if any(f == i and start == a for i, a, _ in ds.episodes)]
+    starts = {(i, a) for i, a, _ in ds.episodes}
+    firsts = [k for k, clip in enumerate(ds.index) if clip in starts]  # each episode's first clip
     pick = [firsts[j] for j in torch.randperm(len(firsts), generator=torch.Generator().manual_seed(seed))[:episodes]]
     video = torch.stack([ds[k]["frames"] for k in pick])  # (E, steps + 1, 3, H, W)
     codes = lam.infer_actions(video)

@@ -180,7 +180,7 @@ def action_chain(lam, data: ClipDataset, clips: int = 256, seed: int = 0) -> tup
     return counts / counts.sum(), pairs / pairs.sum(dim=1, keepdim=True)
 
 
-DRIFT_LABEL = {None: "drift", "data": "drift under the data's latent actions"}
+DATA_DRIFT = "drift under the data's latent actions"  # the figures' prefix under action_chain's codes
 CHAIN_CLIP_LEN = 16  # clips the chain is fitted on: 15 transitions each, short enough for short episodes
 
 
@@ -202,7 +202,7 @@ def drift(world: World, prompts: torch.Tensor, reference: torch.Tensor, real: to
     if frames_at is not None:
         frames_at[0] = first.cpu()
     marks = {t for t in (1, 10, 50, 100, 250, 500, steps) if t <= steps}
-    label = DRIFT_LABEL[None if chain is None else "data"]
+    label = "drift" if chain is None else DATA_DRIFT
     out = {"drift: real held-out frames' colour distance": float(nearest_histogram_distance(real, ref).mean())}
     b = prompts.shape[0]
     # Only the chain draws a first code, so uniform actions stay those of earlier evaluations.
@@ -323,8 +323,8 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
     8): the colour distance of one episode varies with its prompts, so comparing worlds whose
     figures lie close wants more of them. ``drift_actions``: "uniform" (each latent action one
     time in A), "data" (the codes as the LAM labels the ``baseline_data`` player's transitions,
-    :func:`action_chain`), or both; each has its own figures and picture. ``data_config`` (the dynamics checkpoint's
-    ``DataConfig``) decides which episodes form the held-out split, as in its training run.
+    :func:`action_chain`), or both; each has its own figures and picture. ``data_config`` (the
+    dynamics checkpoint's ``DataConfig``) decides which episodes form the held-out split, as in its training run.
     """
     dev = next(dynamics.parameters()).device
     stage = data_config
@@ -455,12 +455,14 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         for kind in drift_actions:
             chain = None
             if kind == "data":
-                played = ClipDataset(baseline_data or data_dir, clip_len=CHAIN_CLIP_LEN, image_size=tokenizer.cfg.image_size,
+                played = ClipDataset(baseline_data or data_dir, clip_len=CHAIN_CLIP_LEN,
+                                     image_size=tokenizer.cfg.image_size,
                                      split="train" if baseline_data is None else None)
                 chain = action_chain(lam, played, seed=seed)
-                results[f"{DRIFT_LABEL['data']}: code frequencies"] = [round(float(x), 4) for x in chain[0]]
+                results[f"{DATA_DRIFT}: code frequencies"] = [round(float(x), 4) for x in chain[0]]
             results.update(drift(World(tokenizer, dynamics, len(starts), dev, dtype=dtype), starts, reference, real,
-                                 long_steps, seed, frames_at=drift_frames if chain is None else data_drift_frames, chain=chain))
+                                 long_steps, seed, chain=chain,
+                                 frames_at=drift_frames if chain is None else data_drift_frames))
     prompts = firsts[:8]
     world = World(tokenizer, dynamics, prompts.shape[0], dev, dtype=dtype)
     if action_map is not None and {"left", "right"} <= set(action_map):
@@ -472,7 +474,7 @@ def evaluate_world(tokenizer, lam, dynamics, data_dir, out_dir: str | Path | Non
         out.mkdir(parents=True, exist_ok=True)
         results["video"] = str(write_video(out / video_name, torch.cat(first, dim=-1)))
         for frames, name, key in ((drift_frames, "drift.png", "drift picture"),
-                                  (data_drift_frames, "drift_data.png", f"{DRIFT_LABEL['data']}: picture")):
+                                  (data_drift_frames, "drift_data.png", f"{DATA_DRIFT}: picture")):
             if frames:  # rows: the prompts; columns: steps 0, then each drift checkpoint
                 results[key] = str(write_grid(out / name, torch.stack([frames[t][:8] for t in sorted(frames)], dim=1)))
         (out / "results.json").write_text(json.dumps(results, indent=2))
