@@ -104,13 +104,29 @@ class LAMConfig:
     # (a mirrored pair keeps its code 91% of the time), so no arrow key could scroll the world.
     motion_weight: float = 0.0
     motion_max_shift: int = 3
+    # "both": the 3 x 3 classes above. "horizontal": the sideways sign alone (3 classes), for a
+    # LAM with a history (max_frames > 2) whose decoder can carry falls on from the past: the
+    # codes are then asked for the player's sideways input, not for the camera's vertical moves,
+    # which random codes turned into a walk off the level (README, session 29).
+    motion_axes: str = "both"
+    # Transitions with fewer past frames than this get no reconstruction or motion loss, and a
+    # long video is labelled in windows that give every transition after its first min_history
+    # that many past frames. With 1 and max_frames > 2 the decoder always sees the motion
+    # already under way, so a code need not name a fall the past predicts; 0 is the paper's LAM.
+    min_history: int = 0
     grad_checkpointing: bool = False
 
     def __post_init__(self):
+        if self.motion_axes not in ("both", "horizontal"):
+            raise ConfigError(f"motion_axes must be 'both' or 'horizontal', got {self.motion_axes!r}")
         if not self.motion_weight >= 0:
             raise ConfigError(f"motion_weight must be >= 0 (0: off), got {self.motion_weight}")
         if self.motion_max_shift < 1:
             raise ConfigError(f"motion_max_shift must be at least 1 pixel, got {self.motion_max_shift}")
+        if self.min_history < 0 or self.max_frames < self.min_history + 2:
+            raise ConfigError(f"min_history must be >= 0 and leave a trained transition in a window of "
+                              f"max_frames: set max_frames >= {self.min_history + 2} (min_history + 2), "
+                              f"got max_frames {self.max_frames}, min_history {self.min_history}")
 
 
 def check_action_guidance(value) -> None:

@@ -37,6 +37,9 @@ def test_lam_motion_loss_settings_are_checked():
         LAMConfig(motion_weight=-0.1)
     with pytest.raises(ConfigError, match="motion_max_shift must be at least 1 pixel"):
         LAMConfig(motion_max_shift=0)
+    assert LAMConfig().motion_axes == "both"
+    with pytest.raises(ConfigError, match="motion_axes must be 'both' or 'horizontal'"):
+        LAMConfig(motion_axes="vertical")
 
 
 def test_seed_sizes_match_the_issue():

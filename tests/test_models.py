@@ -184,6 +184,35 @@ def test_lam_reads_a_video_longer_than_its_window_in_overlapping_windows():
                        torch.cat([pairs.infer_actions(video[:, t:t + 2]) for t in range(9)], dim=1))
 
 
+def test_lam_with_min_history_scores_and_labels_each_transition_with_its_past():
+    torch.manual_seed(0)
+    lam = LatentActionModel(lam_cfg(max_frames=4, min_history=1)).eval()
+    video, _ = moving_square(2, 8)
+    # Windows of 4 frames overlapping by 2: each later window leaves its first transition (read
+    # without a past) to the window before and labels transitions that have one past frame.
+    assert [(w.start, w.stop, k) for w, k in lam.windows(8)] == [(0, 4, 0), (2, 6, 1), (4, 8, 1)]
+    assert [(w.start, w.stop, k) for w, k in lam.windows(7)] == [(0, 4, 0), (2, 6, 1), (4, 8, 1)]
+    actions = lam.infer_actions(video)
+    assert actions.shape == (2, 7)
+    assert torch.equal(actions[:, :3], lam.infer_actions(video[:, :4]))
+    assert torch.equal(actions[:, 3:5], lam.infer_actions(video[:, 2:6])[:, 1:])
+    assert torch.equal(actions[:, 5:], lam.infer_actions(video[:, 4:])[:, 1:])
+    assert torch.equal(lam.infer_actions(video[:, :7]), actions[:, :6])
+    # A window's first transition (no past frame) is not scored.
+    clip = video[:, :4]
+    own = lam(clip)
+    torch.testing.assert_close(own["recon_loss"],
+                               F.mse_loss(own["recon"][:, 1:].float(), clip[:, 2:]), atol=1e-6, rtol=0)
+    out = lam(video)
+    parts = [lam(video[:, w])["recon_loss"] for w, _ in lam.windows(8)]  # 2 scored transitions each
+    torch.testing.assert_close(out["recon_loss"], sum(parts) / 3)
+    assert torch.equal(out["actions"], actions)
+    with pytest.raises(ValueError, match="at least 3 frames.*clip_len"):
+        lam(video[:, :2])
+    with pytest.raises(ConfigError, match="max_frames >= 3"):
+        lam_cfg(max_frames=2, min_history=1)
+
+
 def test_lam_is_causal():
     torch.manual_seed(0)
     lam = LatentActionModel(lam_cfg()).eval()
@@ -236,6 +265,15 @@ def test_lam_motion_classes_name_the_way_real_coinrun_scenes_moved(coinrun_clips
     assert lam.motion_classes(_scrolled_pairs(frames))[:, 0].tolist() == [5] * n + [3] * n + [4] * n
     up = torch.stack([frames, frames.roll(-2, dims=-2)], dim=1)
     assert lam.motion_classes(up)[:, 0].tolist() == [7] * n
+    # Sideways only: the horizontal sign + 1, whatever the vertical move; a head of 3 classes.
+    side = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=2, motion_weight=1.0, motion_axes="horizontal"))
+    assert side.motion_head.out_features == 3
+    assert side.motion_classes(_scrolled_pairs(frames))[:, 0].tolist() == [2] * n + [0] * n + [1] * n
+    assert side.motion_classes(up)[:, 0].tolist() == [1] * n
+    up_left = torch.stack([frames, frames.roll(-2, dims=-2).roll(-1, dims=-1)], dim=1)
+    assert side.motion_classes(up_left)[:, 0].tolist() == [2] * n
+    out = side(up_left)
+    assert out["motion_loss"] > 0 and 0 <= out["motion_acc"] <= 1
 
 
 def test_lam_motion_loss_is_added_with_its_weight_and_reaches_the_encoder(coinrun_clips):

@@ -13,10 +13,12 @@ that forces the action to carry only what changes.
 At inference only the codebook matters: the dynamics model is conditioned on its indices.
 With ``motion_weight`` a linear head on each quantised action must also name which way the whole
 scene moved between its two frames (signs of the best global shift, read from the pixels): on
-CoinRun the plain codes told jumps from falls but not left from right (docs/design.md).
+CoinRun the plain codes told jumps from falls but not left from right (docs/design.md). With
+``motion_axes: horizontal`` only the sideways sign is asked for.
 
 A video longer than ``max_frames`` is read in windows of ``max_frames`` frames that overlap by
-one (a transition needs both its frames), so the LAM labels clips of any length; with
+one (a transition needs both its frames; with ``min_history``, by that many frames more, so each
+transition keeps its past), so the LAM labels clips of any length; with
 ``max_frames: 2`` each action sees only its own two frames (docs/design.md: that LAM's actions
 carry more of the true action than one that sees a history, which already shows the motion).
 """
@@ -51,7 +53,8 @@ class LatentActionModel(nn.Module):
         if cfg.residual_decoder:  # start as "the next frame is this one"; the code must earn each change
             nn.init.zeros_(self.dec_out.weight)
         # Reads the quantised action, so the 8 codes themselves must tell the directions apart.
-        self.motion_head = nn.Linear(cfg.action_dim, 9) if cfg.motion_weight > 0 else None
+        classes = 9 if cfg.motion_axes == "both" else 3
+        self.motion_head = nn.Linear(cfg.action_dim, classes) if cfg.motion_weight > 0 else None
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         """Continuous actions (B, T-1, action_dim) from the change of the pooled encoder state."""
@@ -72,46 +75,63 @@ class LatentActionModel(nn.Module):
             return unpatchify(torch.sigmoid(out), self.cfg.patch_size, self.grid, self.cfg.in_channels)
         return video[:, :-1] + unpatchify(out, self.cfg.patch_size, self.grid, self.cfg.in_channels)
 
-    def windows(self, num_frames: int) -> list[slice]:
-        """The frame windows of at most ``max_frames`` frames, overlapping by one frame, whose
-        transitions are those of a ``num_frames``-frame video, in order."""
-        w = self.cfg.max_frames
-        return [slice(s, s + w) for s in range(0, num_frames - 1, w - 1)]
+    def windows(self, num_frames: int) -> list[tuple[slice, int]]:
+        """The frame windows of at most ``max_frames`` frames whose transitions, in order, are
+        those of a ``num_frames``-frame video, each with the index of its first transition that
+        labels the video: windows overlap by ``min_history`` + 1 frames, and every window after
+        the first gives its first ``min_history`` transitions to the window before, so each
+        transition after the video's first ``min_history`` is read with that many past frames."""
+        w, h = self.cfg.max_frames, self.cfg.min_history
+        starts = range(0, max(num_frames - 1 - h, 1), w - 1 - h)
+        return [(slice(s, s + w), 0 if s == 0 else h) for s in starts]
 
     def motion_classes(self, video: torch.Tensor) -> torch.Tensor:
         """The way the scene moved between consecutive frames of ``video`` (B, T, C, H, W), as
         3 x 3 classes (B, T-1) int64: 3 * (vertical sign + 1) + (horizontal sign + 1), the signs
-        of the best global shift of at most ``motion_max_shift`` pixels (moved up / left: +1)."""
+        of the best global shift of at most ``motion_max_shift`` pixels (moved up / left: +1);
+        with ``motion_axes: horizontal`` the horizontal sign + 1 alone (the shift is still found
+        on both axes, so a fall does not blur the sideways move)."""
         m = self.cfg.motion_max_shift
         signs = global_shifts(video[:, :-1], video[:, 1:], m, m).sign() + 1  # (B, T-1, 2)
+        if self.cfg.motion_axes == "horizontal":
+            return signs[..., 1]
         return signs[..., 0] * 3 + signs[..., 1]
 
     def _forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        if video.shape[1] < self.cfg.min_history + 2:
+            raise ValueError(f"the LAM (min_history {self.cfg.min_history}) trains on clips of at least "
+                             f"{self.cfg.min_history + 2} frames, got {video.shape[1]}: raise data.clip_len")
         z_q, actions, vq = self.vq(self._encode(video))
         recon = self.decode(video, z_q.to(video.dtype))
-        recon_loss = F.mse_loss(recon.float(), video[:, 1:].float())
+        h = self.cfg.min_history  # transitions with a shorter past are not scored
+        recon_loss = F.mse_loss(recon[:, h:].float(), video[:, 1 + h:].float())
         out = {"loss": recon_loss + vq["loss"], "recon_loss": recon_loss, "vq_loss": vq["loss"],
                "perplexity": vq["perplexity"], "usage": vq["usage"], "actions": actions,
                "recon": recon.detach().clamp(0, 1)}
         if self.motion_head is not None:
-            logits = self.motion_head(z_q.float())  # (B, T-1, 9)
-            target = self.motion_classes(video)
+            logits = self.motion_head(z_q[:, h:].float())  # (B, T-1-h, classes)
+            target = self.motion_classes(video[:, h:])
             out["motion_loss"] = F.cross_entropy(logits.flatten(0, 1), target.flatten())
             out["motion_acc"] = (logits.argmax(-1) == target).float().mean()
             out["loss"] = out["loss"] + self.cfg.motion_weight * out["motion_loss"]
         return out
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training pass: next-frame reconstruction + VQ (+ motion) loss over all T-1 transitions (in
-        windows when T exceeds ``max_frames``; losses are then averaged over transitions)."""
+        """Training pass: next-frame reconstruction + VQ (+ motion) loss over the T-1 transitions,
+        all but the first ``min_history`` (in
+        windows when T exceeds ``max_frames``; losses are then averaged over scored transitions,
+        a window's transitions that the window before labels being scored there only)."""
         if video.shape[1] <= self.cfg.max_frames:
             return self._forward(video)
-        outs = [self._forward(video[:, w]) for w in self.windows(video.shape[1])]
-        share = [o["actions"].shape[1] / (video.shape[1] - 1) for o in outs]
+        h = self.cfg.min_history
+        wins = self.windows(video.shape[1])
+        outs = [self._forward(video[:, w]) for w, _ in wins]
+        scored = [o["actions"].shape[1] - h for o in outs]
+        share = [n / sum(scored) for n in scored]
         keys = ("loss", "recon_loss", "vq_loss") + (("motion_loss", "motion_acc") if self.motion_head is not None else ())
         out = {k: sum(o[k] * s for o, s in zip(outs, share)) for k in keys}
-        out["actions"] = torch.cat([o["actions"] for o in outs], dim=1)
-        out["recon"] = torch.cat([o["recon"] for o in outs], dim=1)
+        out["actions"] = torch.cat([o["actions"][:, k:] for o, (_, k) in zip(outs, wins)], dim=1)
+        out["recon"] = torch.cat([o["recon"][:, k:] for o, (_, k) in zip(outs, wins)], dim=1)
         return {**out, **code_stats(out["actions"], self.cfg.num_actions)}
 
     @torch.no_grad()
@@ -119,4 +139,5 @@ class LatentActionModel(nn.Module):
         """Latent action indices (B, T-1) int64 for each transition of ``video`` (any T >= 2)."""
         if video.shape[1] < 2:
             raise ValueError(f"the LAM needs at least 2 frames to infer an action, got {video.shape[1]}")
-        return torch.cat([self.vq.nearest(self._encode(video[:, w])) for w in self.windows(video.shape[1])], dim=1)
+        return torch.cat([self.vq.nearest(self._encode(video[:, w]))[:, k:] for w, k in self.windows(video.shape[1])],
+                         dim=1)
