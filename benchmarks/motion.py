@@ -12,9 +12,11 @@ For pairs (frame t, frame t + stride) of held-out episodes it prints, per stride
   the global motion alone carries, a reference for the LAM's figure (not a ceiling: the agent's
   sprite, facing and animation carry more);
 - with ``--lam``: that LAM's next-frame PSNR (pooled), the information its codes carry about
-  the true action, the motion, and the horizontal motion alone, and the share of pairs whose code
+  the true action, the motion, and the horizontal and vertical motion alone, and the share of pairs whose code
   stays the same when both frames are mirrored left-right (a LAM that tells left from right
-  changes the code of a pair that scrolls; one that does not is blind to the direction);
+  changes the code of a pair that scrolls; one that does not is blind to the direction); a LAM
+  with ``min_history`` h reads each pair after h past frames at the same stride (so for it the
+  pairs are drawn from clips that long);
 - with ``--lam``, once: the information its codes carry about the true actions on the sample
   ``genie-env eval`` labels (``--eval_clips`` clips of ``--eval_clip_len`` frames drawn by the
   same seed from all episodes of the folder), so a LAM alone gets the figure issue 9's goal and
@@ -77,12 +79,16 @@ def main() -> None:
         latent, true = latent_and_true_actions(lam, ds, idx, 64, "cpu")
         print(f"eval's LAM sample, {len(idx)} clips of {args.eval_clip_len} frames ({len(latent)} transitions): "
               f"MI(code; true action) {mi(latent, true)} bits")
+    # A LAM with min_history h reads each pair after h frames of its past, at the same stride.
+    h = lam.cfg.min_history if lam is not None else 0
     for stride in args.strides:
-        ds = ClipDataset(args.data_dir, clip_len=stride + 1)
+        ds = ClipDataset(args.data_dir, clip_len=(h + 1) * stride + 1)
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:args.pairs].tolist()
         items = [ds[i] for i in idx]
-        video = torch.stack([it["frames"][[0, stride]] for it in items])  # (N, 2, C, H, W)
-        true = np.array([int(it["actions"][0]) for it in items])
+        past = torch.stack([it["frames"][0:h * stride + 1:stride] for it in items])  # (N, h + 1, C, H, W)
+        video = torch.stack([it["frames"][[h * stride, (h + 1) * stride]] for it in items])  # (N, 2, C, H, W)
+        with_past = torch.cat([past, video[:, 1:]], dim=1)
+        true = np.array([int(it["actions"][h * stride]) for it in items])
         x = video.permute(0, 1, 3, 4, 2).numpy()  # (N, 2, H, W, C)
         prev, nxt = x[:, 0], x[:, 1]
         sh = frame_shifts(prev, nxt, m, m)
@@ -99,14 +105,15 @@ def main() -> None:
         if lam is not None:
             codes, recon, mirrored = [], [], []
             for s in range(0, len(video), 256):
-                out = lam(video[s:s + 256])
-                codes.append(out["actions"][:, 0])
-                recon.append(out["recon"][:, 0])
-                mirrored.append(lam.infer_actions(video[s:s + 256].flip(-1))[:, 0])
+                out = lam(with_past[s:s + 256])
+                codes.append(out["actions"][:, -1])
+                recon.append(out["recon"][:, -1])
+                mirrored.append(lam.infer_actions(with_past[s:s + 256].flip(-1))[:, -1])
             codes, mirrored = torch.cat(codes).numpy(), torch.cat(mirrored).numpy()
             recon = torch.cat(recon).permute(0, 2, 3, 1).numpy()
             print(f"  LAM: next-frame PSNR {pooled_psnr(recon, nxt):.2f} dB; MI(code; true action) {mi(codes, true)}; "
-                  f"MI(code; motion sign) {mi(codes, motion)}; MI(code; horizontal sign) {mi(codes, sign[:, 1])} bits; "
+                  f"MI(code; motion sign) {mi(codes, motion)}; MI(code; horizontal sign) {mi(codes, sign[:, 1])}; "
+                  f"MI(code; vertical sign) {mi(codes, sign[:, 0])} bits; "
                   f"same code for the pair mirrored left-right {np.mean(codes == mirrored):.2f}")
         # The horizontal-only search that eval uses, on the real pairs as on the reconstructions.
         real = horizontal_scrolls(video, m)[:, 0]

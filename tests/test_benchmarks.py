@@ -90,6 +90,13 @@ def test_motion_benchmark_measures_the_data_and_a_lam(coinrun_dir, tmp_path):
     # The pairs of stride 3 scroll (a random agent drifts), so the share is read.
     assert int(tok_lines[1].split("sideways ")[1].split(",")[0]) > 0
     assert all(0 <= float(line.split()[-1]) <= 1 for line in tok_lines)
+    # A LAM with a history reads each pair after its past frame (clips of 2 * stride + 1 frames).
+    hist = LatentActionModel(lam_cfg(image_size=(64, 64), patch_size=16, max_frames=4, min_history=1))
+    save_checkpoint(tmp_path / "hist.pt", hist, StageConfig("lam", hist.cfg))
+    out = run("benchmarks/motion.py", "--data_dir", str(coinrun_dir), "--lam", str(tmp_path / "hist.pt"),
+              "--strides", "1", "3", "--pairs", "40", "--max_shift", "3", "--eval_clips", "10",
+              "--eval_clip_len", "5").splitlines()
+    assert sum("LAM: next-frame PSNR" in line and "MI(code; vertical sign)" in line for line in out) == 2
 
 
 def test_action_scroll_benchmark_scores_every_action(coinrun_dir):
