@@ -274,6 +274,27 @@ def test_a_pairwise_lam_labels_longer_dynamics_clips(tmp_path, trained, coinrun_
     assert pairs.infer_actions(video).shape == (video.shape[0], 3)
 
 
+def test_a_lam_with_min_history_trains_on_its_scored_transitions_and_labels_dynamics_clips(tmp_path, trained,
+                                                                                           coinrun_dir):
+    cfg = yaml.safe_load(micro_config(tmp_path, "lam", steps=4).read_text())
+    cfg["model"].update(max_frames=3, min_history=1, motion_weight=0.1, motion_axes="horizontal")
+    cfg["data"]["clip_len"] = 2
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(TrainingError, match="data.clip_len 2 leaves no transition.*at least 3"):
+        train_lam.main(args_for(train_lam.base_parser("lam"), tmp_path / "short.yaml", coinrun_dir, tmp_path / "s"))
+    cfg["data"]["clip_len"] = 3
+    (tmp_path / "hist.yaml").write_text(yaml.safe_dump(cfg))
+    lam = train_lam.main(args_for(train_lam.base_parser("lam"), tmp_path / "hist.yaml", coinrun_dir, tmp_path / "h"))
+    model = load_model(lam, "lam")
+    assert model.cfg.min_history == 1 and model.cfg.motion_axes == "horizontal"
+    # The dynamics model's 4-frame clips are labelled in windows that keep each transition's past.
+    dyn = train_dynamics.main(args_for(train_dynamics.parser(), micro_config(tmp_path, "dynamics", steps=2), coinrun_dir,
+                                       tmp_path / "h", "--tokenizer_path", str(trained["tokenizer"]), "--lam_path", str(lam)))
+    assert load_checkpoint(dyn)["step"] == 2
+    video = _val_batch(coinrun_dir)
+    assert torch.equal(model.infer_actions(video)[:, 2:], model.infer_actions(video[:, 1:])[:, 1:])
+
+
 def test_cli_reports_errors_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-m", "trainers.train_tokenizer", "--config",

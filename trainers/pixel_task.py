@@ -18,14 +18,16 @@ from trainers.loop import Task
 
 
 def pixel_task(cfg: StageConfig, build: Callable[[object], nn.Module],
-               target: Callable[[torch.Tensor], torch.Tensor]) -> Task:
-    """A :class:`Task` for ``build(cfg.model)``, whose ``recon`` output stands for ``target(frames)``."""
+               target: Callable[[torch.Tensor], torch.Tensor], unscored: int = 0) -> Task:
+    """A :class:`Task` for ``build(cfg.model)``, whose ``recon`` output stands for ``target(frames)``;
+    validation's PSNR leaves out the first ``unscored`` frames of both, as the loss does."""
     torch.manual_seed(cfg.train.seed)
     model = build(cfg.model)
 
     def validate(m, batch):
         out = m(batch["frames"])
-        return {"psnr": psnr(out["recon"], target(batch["frames"])), "recon_loss": out["recon_loss"],
+        return {"psnr": psnr(out["recon"][:, unscored:], target(batch["frames"])[:, unscored:]),
+                "recon_loss": out["recon_loss"],
                 "perplexity": out["perplexity"], "usage": out["usage"]}
 
     def visualize(m, batch):
