@@ -117,10 +117,9 @@ class LatentActionModel(nn.Module):
         return out
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training pass: next-frame reconstruction + VQ (+ motion) loss over the T-1 transitions,
-        all but the first ``min_history`` (in
-        windows when T exceeds ``max_frames``; losses are then averaged over scored transitions,
-        a window's transitions that the window before labels being scored there only)."""
+        """Training pass: next-frame reconstruction + VQ (+ motion) loss over the T-1 transitions
+        but the first ``min_history`` (in windows when T exceeds ``max_frames``; losses are then
+        averaged over the scored transitions, each scored in the window that labels it)."""
         if video.shape[1] <= self.cfg.max_frames:
             return self._forward(video)
         h = self.cfg.min_history
