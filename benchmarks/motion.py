@@ -85,9 +85,8 @@ def main() -> None:
         ds = ClipDataset(args.data_dir, clip_len=(h + 1) * stride + 1)
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:args.pairs].tolist()
         items = [ds[i] for i in idx]
-        past = torch.stack([it["frames"][0:h * stride + 1:stride] for it in items])  # (N, h + 1, C, H, W)
-        video = torch.stack([it["frames"][[h * stride, (h + 1) * stride]] for it in items])  # (N, 2, C, H, W)
-        with_past = torch.cat([past, video[:, 1:]], dim=1)
+        with_past = torch.stack([it["frames"][::stride] for it in items])  # (N, h + 2, C, H, W)
+        video = with_past[:, -2:]  # (N, 2, C, H, W): the pair
         true = np.array([int(it["actions"][h * stride]) for it in items])
         x = video.permute(0, 1, 3, 4, 2).numpy()  # (N, 2, H, W, C)
         prev, nxt = x[:, 0], x[:, 1]
