@@ -276,6 +276,25 @@ def test_lam_motion_classes_name_the_way_real_coinrun_scenes_moved(coinrun_clips
     assert out["motion_loss"] > 0 and 0 <= out["motion_acc"] <= 1
 
 
+def test_lam_jump_classes_mark_only_the_start_of_a_rise(coinrun_clips):
+    frames = coinrun_clips[:, 0]
+    n = len(frames)
+    lam = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=5, min_history=1, motion_weight=1.0,
+                                    motion_axes="jump"))
+    assert lam.motion_head.out_features == 6
+    # Real frames: still, the camera rises (scene moves down) twice, still, then rises while scrolling left.
+    down = lambda x, k: x.roll(2 * k, dims=-2)  # noqa: E731
+    clip = torch.stack([frames, frames, down(frames, 1), down(frames, 2), down(frames, 2),
+                        down(frames, 3).roll(-1, dims=-1)], dim=1)
+    # 2 * (horizontal sign + 1) + (a rise began here, not in the transition before).
+    assert lam.motion_classes(clip).tolist() == [[2, 3, 2, 2, 5]] * n
+    # A clip that opens with a rise counts it as begun (no transition before it is seen).
+    assert lam.motion_classes(clip[:, 1:])[:, 0].tolist() == [3] * n
+    # Trained on the transitions after the first: the target there needs the one before it.
+    out = lam(clip[:, :5])
+    assert out["motion_loss"] > 0 and 0 <= out["motion_acc"] <= 1
+
+
 def test_lam_motion_loss_is_added_with_its_weight_and_reaches_the_encoder(coinrun_clips):
     torch.manual_seed(0)
     pairs = _scrolled_pairs(coinrun_clips[:2, 0])

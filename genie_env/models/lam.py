@@ -14,7 +14,10 @@ At inference only the codebook matters: the dynamics model is conditioned on its
 With ``motion_weight`` a linear head on each quantised action must also name which way the whole
 scene moved between its two frames (signs of the best global shift, read from the pixels): on
 CoinRun the plain codes told jumps from falls but not left from right (docs/design.md). With
-``motion_axes: horizontal`` only the sideways sign is asked for.
+``motion_axes: horizontal`` only the sideways sign is asked for; with ``jump`` (a LAM with a
+history) the sideways sign and whether the scene began to move down (the camera rose: a jump's
+start) in this transition and not in the one before, so a jump keeps a code and its flight and
+fall are left to the past.
 
 A video longer than ``max_frames`` is read in windows of ``max_frames`` frames that overlap by
 one (a transition needs both its frames; with ``min_history``, by that many frames more, so each
@@ -53,7 +56,7 @@ class LatentActionModel(nn.Module):
         if cfg.residual_decoder:  # start as "the next frame is this one"; the code must earn each change
             nn.init.zeros_(self.dec_out.weight)
         # Reads the quantised action, so the 8 codes themselves must tell the directions apart.
-        classes = 9 if cfg.motion_axes == "both" else 3
+        classes = {"both": 9, "horizontal": 3, "jump": 6}[cfg.motion_axes]
         self.motion_head = nn.Linear(cfg.action_dim, classes) if cfg.motion_weight > 0 else None
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -90,12 +93,19 @@ class LatentActionModel(nn.Module):
         3 x 3 classes (B, T-1) int64: 3 * (vertical sign + 1) + (horizontal sign + 1), the signs
         of the best global shift of at most ``motion_max_shift`` pixels (moved up / left: +1);
         with ``motion_axes: horizontal`` the horizontal sign + 1 alone (the shift is still found
-        on both axes, so a fall does not blur the sideways move)."""
+        on both axes, so a fall does not blur the sideways move); with ``jump``
+        2 * (horizontal sign + 1) + 1 where the scene moved down in this transition but not in
+        the one before (the first transition counts as following a still one)."""
         m = self.cfg.motion_max_shift
-        signs = global_shifts(video[:, :-1], video[:, 1:], m, m).sign() + 1  # (B, T-1, 2)
+        signs = global_shifts(video[:, :-1], video[:, 1:], m, m).sign()  # (B, T-1, 2)
+        side = signs[..., 1] + 1
         if self.cfg.motion_axes == "horizontal":
-            return signs[..., 1]
-        return signs[..., 0] * 3 + signs[..., 1]
+            return side
+        if self.cfg.motion_axes == "jump":
+            rising = signs[..., 0] < 0
+            before = F.pad(rising[:, :-1], (1, 0), value=False)
+            return 2 * side + (rising & ~before).long()
+        return (signs[..., 0] + 1) * 3 + side
 
     def _forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         if video.shape[1] < self.cfg.min_history + 2:
@@ -110,7 +120,7 @@ class LatentActionModel(nn.Module):
                "recon": recon.detach().clamp(0, 1)}
         if self.motion_head is not None:
             logits = self.motion_head(z_q[:, h:].float())  # (B, T-1-h, classes)
-            target = self.motion_classes(video[:, h:])
+            target = self.motion_classes(video)[:, h:]  # the whole clip, so a jump sees the transition before
             out["motion_loss"] = F.cross_entropy(logits.flatten(0, 1), target.flatten())
             out["motion_acc"] = (logits.argmax(-1) == target).float().mean()
             out["loss"] = out["loss"] + self.cfg.motion_weight * out["motion_loss"]
