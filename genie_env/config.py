@@ -75,6 +75,10 @@ class TokenizerConfig:
         return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
 
 
+# The LAM motion head's classes for each LAMConfig.motion_axes (LatentActionModel.motion_classes).
+MOTION_CLASSES = {"both": 9, "horizontal": 3, "jump": 6}
+
+
 @dataclass
 class LAMConfig:
     """Latent action model on raw pixels with an 8-code action codebook (Genie §2.1)."""
@@ -122,8 +126,9 @@ class LAMConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self):
-        if self.motion_axes not in ("both", "horizontal", "jump"):
-            raise ConfigError(f"motion_axes must be 'both', 'horizontal' or 'jump', got {self.motion_axes!r}")
+        if self.motion_axes not in MOTION_CLASSES:
+            *rest, last = (repr(k) for k in MOTION_CLASSES)
+            raise ConfigError(f"motion_axes must be {', '.join(rest)} or {last}, got {self.motion_axes!r}")
         if self.motion_axes == "jump" and self.min_history < 1:
             raise ConfigError("motion_axes 'jump' asks whether a rise began after the transition before, so it "
                               f"needs a history: set min_history >= 1 (and max_frames >= 3), got {self.min_history}")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genie_env.config import LAMConfig
+from genie_env.config import MOTION_CLASSES, LAMConfig
 from genie_env.metrics import global_shifts
 from genie_env.models.tokenizer import check_video, patch_encoder, patchify, st_stack, unpatchify
 from genie_env.nn.st_transformer import init_weights
@@ -56,8 +56,7 @@ class LatentActionModel(nn.Module):
         if cfg.residual_decoder:  # start as "the next frame is this one"; the code must earn each change
             nn.init.zeros_(self.dec_out.weight)
         # Reads the quantised action, so the 8 codes themselves must tell the directions apart.
-        classes = {"both": 9, "horizontal": 3, "jump": 6}[cfg.motion_axes]
-        self.motion_head = nn.Linear(cfg.action_dim, classes) if cfg.motion_weight > 0 else None
+        self.motion_head = nn.Linear(cfg.action_dim, MOTION_CLASSES[cfg.motion_axes]) if cfg.motion_weight > 0 else None
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         """Continuous actions (B, T-1, action_dim) from the change of the pooled encoder state."""
