@@ -38,11 +38,12 @@ def test_lam_motion_loss_settings_are_checked():
     with pytest.raises(ConfigError, match="motion_max_shift must be at least 1 pixel"):
         LAMConfig(motion_max_shift=0)
     assert LAMConfig().motion_axes == "both"
-    with pytest.raises(ConfigError, match="motion_axes must be 'both', 'horizontal' or 'jump'"):
+    with pytest.raises(ConfigError, match="motion_axes must be 'both', 'horizontal', 'jump' or 'side_or_jump'"):
         LAMConfig(motion_axes="vertical")
-    with pytest.raises(ConfigError, match="'jump' .* needs a history: set min_history >= 1"):
-        LAMConfig(motion_axes="jump", max_frames=4)
-    assert LAMConfig(motion_axes="jump", max_frames=4, min_history=1).motion_axes == "jump"
+    for axes in ("jump", "side_or_jump"):
+        with pytest.raises(ConfigError, match=f"'{axes}' .* needs a history: set min_history >= 1"):
+            LAMConfig(motion_axes=axes, max_frames=4)
+        assert LAMConfig(motion_axes=axes, max_frames=4, min_history=1).motion_axes == axes
 
 
 def test_seed_sizes_match_the_issue():

@@ -276,23 +276,31 @@ def test_lam_motion_classes_name_the_way_real_coinrun_scenes_moved(coinrun_clips
     assert out["motion_loss"] > 0 and 0 <= out["motion_acc"] <= 1
 
 
-def test_lam_jump_classes_mark_only_the_start_of_a_rise(coinrun_clips):
-    frames = coinrun_clips[:, 0]
-    n = len(frames)
-    lam = LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=5, min_history=1, motion_weight=1.0,
-                                    motion_axes="jump"))
-    assert lam.motion_head.out_features == 6
-    # Real frames: still, the camera rises (scene moves down) twice, still, then rises while scrolling left.
+def _rising_clip(frames: torch.Tensor) -> torch.Tensor:
+    """Real frames moved as a jumping player's camera moves them: still, a rise (the scene moves
+    down) over two steps, still, a rise while the scene scrolls left, a scroll right, a rise
+    while it scrolls right (B, 8, C, H, W)."""
     down = lambda x, k: x.roll(2 * k, dims=-2)  # noqa: E731
-    clip = torch.stack([frames, frames, down(frames, 1), down(frames, 2), down(frames, 2),
-                        down(frames, 3).roll(-1, dims=-1)], dim=1)
+    return torch.stack([frames, frames, down(frames, 1), down(frames, 2), down(frames, 2),
+                        down(frames, 3).roll(-1, dims=-1), down(frames, 3), down(frames, 4).roll(1, dims=-1)], dim=1)
+
+
+def _history_lam(axes: str) -> LatentActionModel:
+    return LatentActionModel(lam_cfg(image_size=(64, 64), max_frames=5, min_history=1, motion_weight=1.0,
+                                     motion_axes=axes))
+
+
+def test_lam_jump_classes_mark_only_the_start_of_a_rise(coinrun_clips):
+    clip, n = _rising_clip(coinrun_clips[:, 0]), len(coinrun_clips)
+    lam = _history_lam("jump")
+    assert lam.motion_head.out_features == 6
     # 2 * (horizontal sign + 1) + (a rise began here, not in the transition before).
-    assert lam.motion_classes(clip).tolist() == [[2, 3, 2, 2, 5]] * n
+    assert lam.motion_classes(clip).tolist() == [[2, 3, 2, 2, 5, 0, 1]] * n
     # A clip that opens with a rise counts it as begun (no transition before it is seen).
     assert lam.motion_classes(clip[:, 1:])[:, 0].tolist() == [3] * n
     # Trained on the transitions after the first, each with its class read against the one
     # before: in a clip opening in a rise, the rise's second step is class 2, not a rise begun (3).
-    video = clip[:, 1:]
+    video = clip[:, 1:6]
     out = lam(video)
     with torch.no_grad():
         logits = lam.motion_head(lam.vq(lam._encode(video))[0][:, 1:]).flatten(0, 1)
@@ -300,6 +308,17 @@ def test_lam_jump_classes_mark_only_the_start_of_a_rise(coinrun_clips):
     assert out["motion_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert out["motion_loss"].item() != pytest.approx(
         F.cross_entropy(logits, lam.motion_classes(video[:, 1:]).flatten()).item(), rel=1e-3)
+
+
+def test_lam_side_or_jump_gives_a_jump_one_class_whatever_the_sideways_move(coinrun_clips):
+    clip, n = _rising_clip(coinrun_clips[:, 0]), len(coinrun_clips)
+    lam = _history_lam("side_or_jump")
+    assert lam.motion_head.out_features == 4
+    # horizontal sign + 1 (the scene moved left: 2), or 3 where a rise began whatever the sideways move.
+    assert lam.motion_classes(clip).tolist() == [[1, 3, 1, 1, 3, 0, 3]] * n
+    assert lam.motion_classes(clip[:, 1:])[:, 0].tolist() == [3] * n  # a clip opening in a rise
+    out = lam(clip[:, :5])
+    assert out["motion_loss"] > 0 and 0 <= out["motion_acc"] <= 1
 
 
 def test_lam_motion_loss_is_added_with_its_weight_and_reaches_the_encoder(coinrun_clips):

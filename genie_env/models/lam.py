@@ -17,7 +17,8 @@ CoinRun the plain codes told jumps from falls but not left from right (docs/desi
 ``motion_axes: horizontal`` only the sideways sign is asked for; with ``jump`` (a LAM with a
 history) the sideways sign and whether the scene began to move down (the camera rose: a jump's
 start) in this transition and not in the one before, so a jump keeps a code and its flight and
-fall are left to the past.
+fall are left to the past; ``side_or_jump`` asks for a jump's start as one class whatever the
+sideways move, so a jump need not take two of the eight codes.
 
 A video longer than ``max_frames`` is read in windows of ``max_frames`` frames that overlap by
 one (a transition needs both its frames; with ``min_history``, by that many frames more, so each
@@ -94,16 +95,20 @@ class LatentActionModel(nn.Module):
         with ``motion_axes: horizontal`` the horizontal sign + 1 alone (the shift is still found
         on both axes, so a fall does not blur the sideways move); with ``jump``
         2 * (horizontal sign + 1) + 1 where the scene moved down in this transition but not in
-        the one before (the first transition counts as following a still one)."""
+        the one before (the first transition counts as following a still one); with
+        ``side_or_jump`` 3 where such a rise began, whatever the sideways move, else the
+        horizontal sign + 1."""
         m = self.cfg.motion_max_shift
         signs = global_shifts(video[:, :-1], video[:, 1:], m, m).sign()  # (B, T-1, 2)
         side = signs[..., 1] + 1
         if self.cfg.motion_axes == "horizontal":
             return side
-        if self.cfg.motion_axes == "jump":
+        if self.cfg.motion_axes in ("jump", "side_or_jump"):
             rising = signs[..., 0] < 0
-            before = F.pad(rising[:, :-1], (1, 0), value=False)
-            return 2 * side + (rising & ~before).long()
+            began = rising & ~F.pad(rising[:, :-1], (1, 0), value=False)
+            if self.cfg.motion_axes == "side_or_jump":
+                return torch.where(began, 3, side)
+            return 2 * side + began.long()
         return (signs[..., 0] + 1) * 3 + side
 
     def _forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
