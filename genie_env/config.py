@@ -77,6 +77,8 @@ class TokenizerConfig:
 
 # The LAM motion head's classes for each LAMConfig.motion_axes (LatentActionModel.motion_classes).
 MOTION_CLASSES = {"both": 9, "horizontal": 3, "jump": 6, "side_or_jump": 4}
+# Those whose classes mark a jump's start, read against the transition before (need a history).
+JUMP_AXES = ("jump", "side_or_jump")
 
 
 @dataclass
@@ -132,7 +134,7 @@ class LAMConfig:
         if self.motion_axes not in MOTION_CLASSES:
             *rest, last = (repr(k) for k in MOTION_CLASSES)
             raise ConfigError(f"motion_axes must be {', '.join(rest)} or {last}, got {self.motion_axes!r}")
-        if self.motion_axes in ("jump", "side_or_jump") and self.min_history < 1:
+        if self.motion_axes in JUMP_AXES and self.min_history < 1:
             raise ConfigError(f"motion_axes {self.motion_axes!r} asks whether a rise began after the transition "
                               "before, so it needs a history: set min_history >= 1 (and max_frames >= 3), "
                               f"got {self.min_history}")

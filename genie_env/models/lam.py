@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genie_env.config import MOTION_CLASSES, LAMConfig
+from genie_env.config import JUMP_AXES, MOTION_CLASSES, LAMConfig
 from genie_env.metrics import global_shifts
 from genie_env.models.tokenizer import check_video, patch_encoder, patchify, st_stack, unpatchify
 from genie_env.nn.st_transformer import init_weights
@@ -103,7 +103,7 @@ class LatentActionModel(nn.Module):
         side = signs[..., 1] + 1
         if self.cfg.motion_axes == "horizontal":
             return side
-        if self.cfg.motion_axes in ("jump", "side_or_jump"):
+        if self.cfg.motion_axes in JUMP_AXES:
             rising = signs[..., 0] < 0
             began = rising & ~F.pad(rising[:, :-1], (1, 0), value=False)
             if self.cfg.motion_axes == "side_or_jump":
