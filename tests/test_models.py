@@ -290,6 +290,13 @@ def _history_lam(axes: str) -> LatentActionModel:
                                      motion_axes=axes))
 
 
+@torch.no_grad()
+def _scored_motion_logits(lam: LatentActionModel, video: torch.Tensor) -> torch.Tensor:
+    """The motion head's logits for the transitions a min_history-1 LAM scores (all but the
+    first), flattened over batch and time."""
+    return lam.motion_head(lam.vq(lam._encode(video))[0][:, 1:]).flatten(0, 1)
+
+
 def test_lam_jump_classes_mark_only_the_start_of_a_rise(coinrun_clips):
     clip, n = _rising_clip(coinrun_clips[:, 0]), len(coinrun_clips)
     lam = _history_lam("jump")
@@ -302,8 +309,7 @@ def test_lam_jump_classes_mark_only_the_start_of_a_rise(coinrun_clips):
     # before: in a clip opening in a rise, the rise's second step is class 2, not a rise begun (3).
     video = clip[:, 1:6]
     out = lam(video)
-    with torch.no_grad():
-        logits = lam.motion_head(lam.vq(lam._encode(video))[0][:, 1:]).flatten(0, 1)
+    logits = _scored_motion_logits(lam, video)
     expected = F.cross_entropy(logits, lam.motion_classes(video)[:, 1:].flatten())
     assert out["motion_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert out["motion_loss"].item() != pytest.approx(
@@ -320,8 +326,7 @@ def test_lam_side_or_jump_gives_a_jump_one_class_whatever_the_sideways_move(coin
     # Training scores the head's 4 logits against these classes, each read against the transition before.
     video = clip[:, 1:6]  # opens in a rise: its second step is not a jump's start
     out = lam(video)
-    with torch.no_grad():
-        logits = lam.motion_head(lam.vq(lam._encode(video))[0][:, 1:]).flatten(0, 1)
+    logits = _scored_motion_logits(lam, video)
     targets = lam.motion_classes(video)[:, 1:]
     assert targets[0].tolist() == [1, 1, 3]
     assert out["motion_loss"].item() == pytest.approx(F.cross_entropy(logits, targets.flatten()).item(), rel=1e-5)
